@@ -1,0 +1,51 @@
+# The README's commands. Each target does every set-up step it needs on a fresh
+# Debian machine and is safe to run again.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PROTO  := api/runtime/v1/api.proto
+STUBS  := api/runtime/v1/api_pb2.py api/runtime/v1/api_pb2_grpc.py
+
+# Debian packages: what the daemon runs with, and what the tests and
+# benchmarks run against (a real registry, skopeo, busybox for test images,
+# containerd + runc as the peer).
+RUN_DEBS   := iproute2 iptables
+TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl
+BENCH_DEBS := containerd runc
+
+.PHONY: install run test bench proto deps-run deps-test deps-bench clean
+
+install: deps-run $(VENV)/.installed proto
+
+run: install
+	$(VENV)/bin/cricketd $(ARGS)
+
+test: deps-test install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: deps-test deps-bench install
+	$(VENV)/bin/python -m bench $(ARGS)
+
+proto: $(STUBS)
+
+$(STUBS): $(PROTO) $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(PROTO)
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $@
+
+deps-run:
+	@./.ci/apt-install $(RUN_DEBS)
+
+deps-test:
+	@./.ci/apt-install $(RUN_DEBS) $(TEST_DEBS)
+
+deps-bench:
+	@./.ci/apt-install $(BENCH_DEBS)
+
+clean:
+	rm -rf $(VENV) $(STUBS) *.egg-info
