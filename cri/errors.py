@@ -1,0 +1,74 @@
+"""Turning the managers' exceptions into gRPC statuses with messages that say what was wrong.
+
+Handlers are wrapped by `handle_errors`: an expected error becomes its status code;
+anything else is logged with its traceback and answered INTERNAL, and the daemon
+keeps serving.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import grpc
+
+from image.content import ContentError
+from image.manifest import ManifestError
+from image.reference import ReferenceError
+from image.registry import DigestMismatchError, RegistryError
+from image.store import ImageNotFound
+from image.unpack import LayerError
+
+log = logging.getLogger(__name__)
+
+
+class InvalidArgument(ValueError):
+    """A request field holds a value Cricket cannot act on; the message names the field."""
+
+
+_REGISTRY_CODES = {
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC code for an expected error, or None for a bug."""
+    if isinstance(exc, (InvalidArgument, ReferenceError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, ImageNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, DigestMismatchError):
+        return grpc.StatusCode.DATA_LOSS
+    if isinstance(exc, RegistryError):
+        if exc.status is None:
+            return grpc.StatusCode.UNAVAILABLE
+        return _REGISTRY_CODES.get(exc.status, grpc.StatusCode.UNKNOWN)
+    if isinstance(exc, (LayerError, ContentError)):
+        return grpc.StatusCode.DATA_LOSS
+    if isinstance(exc, ManifestError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return None
+
+
+def handle_errors(method):
+    """Wrap a unary servicer method so that errors become clear gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # every error must become a status, never a dead handler
+            code = status_for(exc)
+            if code is None:
+                log.exception("%s failed", method.__name__)
+                code = grpc.StatusCode.INTERNAL
+                message = f"{method.__name__}: internal error: {exc!r}"
+            else:
+                message = str(exc)
+            await context.abort(code, message)
+
+    return wrapper

@@ -1,0 +1,25 @@
+"""Answer UNIMPLEMENTED, naming the method, for every CRI call Cricket does not serve yet."""
+from __future__ import annotations
+
+import grpc
+
+from api.runtime.v1 import api_pb2 as pb
+
+
+def answer_unimplemented(cls):
+    """Class decorator for a servicer: each method of its service that the class does not
+    define answers UNIMPLEMENTED with a message naming it (the generated base class
+    only says "Method not implemented!")."""
+    service = next(b.__name__ for b in cls.__mro__ if b.__name__.endswith("Servicer")).removesuffix("Servicer")
+    for method in pb.DESCRIPTOR.services_by_name[service].methods:
+        if method.name not in cls.__dict__:
+            setattr(cls, method.name, _unimplemented(service, method.name))
+    return cls
+
+
+def _unimplemented(service: str, name: str):
+    async def handler(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"cricket does not implement {service}.{name} yet")
+
+    handler.__name__ = name
+    return handler

@@ -1,0 +1,185 @@
+"""Image and snapshot records, kept in SQLite (WAL) under the root dir.
+
+Every change that must be seen whole (an image with its names and blobs, a
+snapshot row with its directory) is one transaction, so a SIGKILL at any moment
+leaves either the old state or the new one.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,              -- the config digest
+    manifest_digest TEXT NOT NULL,
+    manifest_media_type TEXT NOT NULL,
+    config TEXT NOT NULL,             -- the image config JSON as pulled
+    chain_id TEXT NOT NULL,           -- top snapshot; '' for an image without layers
+    size INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_names (
+    name TEXT PRIMARY KEY,            -- normalised reference, by tag or by digest
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    is_digest INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_blobs (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (image_id, digest)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- also its directory name: short overlay options
+    chain_id TEXT NOT NULL UNIQUE,
+    parent TEXT NOT NULL,                   -- parent chain ID, '' for a base layer
+    diff_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    inodes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS image_names_by_image ON image_names(image_id);
+"""
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    manifest_digest: str
+    manifest_media_type: str
+    config: dict
+    chain_id: str
+    size: int
+    created: float
+    repo_tags: list[str] = field(default_factory=list)
+    repo_digests: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SnapshotRecord:
+    id: int
+    chain_id: str
+    parent: str
+    diff_id: str
+    size: int
+    inodes: int
+
+
+class Metadata:
+    def __init__(self, path: str):
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self):
+        return _Transaction(self._db)
+
+    # images --------------------------------------------------------------
+
+    def put_image(self, rec: ImageRecord, names: list[tuple[str, bool]], blobs: list[str]) -> None:
+        """Record an image (replacing an older record with the same ID) and point `names` at it.
+
+        A name that pointed at another image moves here; the other image keeps its
+        record even with no names left, as containerd keeps dangling images until GC.
+        """
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO images VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "manifest_digest=excluded.manifest_digest, manifest_media_type=excluded.manifest_media_type",
+                (rec.id, rec.manifest_digest, rec.manifest_media_type, json.dumps(rec.config),
+                 rec.chain_id, rec.size, rec.created),
+            )
+            db.executemany("INSERT OR IGNORE INTO image_blobs VALUES (?,?)", [(rec.id, b) for b in blobs])
+            db.executemany(
+                "INSERT INTO image_names VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET image_id=excluded.image_id",
+                [(n, rec.id, int(d)) for n, d in names],
+            )
+
+    def _image(self, row) -> ImageRecord:
+        rec = ImageRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6])
+        for name, is_digest in self._db.execute(
+            "SELECT name, is_digest FROM image_names WHERE image_id=? ORDER BY name", (rec.id,)
+        ):
+            (rec.repo_digests if is_digest else rec.repo_tags).append(name)
+        return rec
+
+    def image(self, image_id: str) -> ImageRecord | None:
+        row = self._db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
+        return self._image(row) if row else None
+
+    def image_by_name(self, name: str) -> ImageRecord | None:
+        row = self._db.execute(
+            "SELECT images.* FROM images JOIN image_names ON images.id=image_names.image_id WHERE name=?", (name,)
+        ).fetchone()
+        return self._image(row) if row else None
+
+    def images_by_id_prefix(self, prefix: str) -> list[ImageRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM images WHERE substr(id, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+        return [self._image(r) for r in rows]
+
+    def images(self) -> list[ImageRecord]:
+        return [self._image(r) for r in self._db.execute("SELECT * FROM images ORDER BY created")]
+
+    def remove_name(self, name: str) -> None:
+        self._db.execute("DELETE FROM image_names WHERE name=?", (name,))
+
+    def remove_image(self, image_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM image_names WHERE image_id=?", (image_id,))
+            db.execute("DELETE FROM image_blobs WHERE image_id=?", (image_id,))
+            db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+    def referenced_blobs(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT DISTINCT digest FROM image_blobs")}
+
+    def image_chain_ids(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT chain_id FROM images WHERE chain_id != ''")}
+
+    # snapshots -----------------------------------------------------------
+
+    def add_snapshot(self, chain_id: str, parent: str, diff_id: str, size: int, inodes: int, place) -> int:
+        """Insert a snapshot row and call place(id) to move its directory in, in one transaction.
+
+        If place raises, the row is rolled back; if the process dies after place but
+        before commit, the directory has no row and the next start sweeps it.
+        """
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO snapshots (chain_id, parent, diff_id, size, inodes) VALUES (?,?,?,?,?)",
+                (chain_id, parent, diff_id, size, inodes),
+            )
+            place(cur.lastrowid)
+            return cur.lastrowid
+
+    def snapshot(self, chain_id: str) -> SnapshotRecord | None:
+        row = self._db.execute("SELECT * FROM snapshots WHERE chain_id=?", (chain_id,)).fetchone()
+        return SnapshotRecord(*row) if row else None
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        return [SnapshotRecord(*r) for r in self._db.execute("SELECT * FROM snapshots")]
+
+    def remove_snapshot(self, chain_id: str) -> None:
+        self._db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
+
+    def snapshot_usage(self) -> tuple[int, int]:
+        row = self._db.execute("SELECT COALESCE(SUM(size),0), COALESCE(SUM(inodes),0) FROM snapshots").fetchone()
+        return int(row[0]), int(row[1])
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,234 @@
+"""Pulling an image: resolve, fetch blobs in parallel, unpack each layer once, record.
+
+Work is shared by digest and by chain ID: two pulls that need the same blob or
+the same snapshot at the same time wait on one download or one unpack. Layers
+are unpacked in parallel, each into its own snapshot directory, as soon as their
+blob has landed; nothing is recorded as an image until every part is in place.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import time
+from collections import Counter
+from typing import Awaitable, Callable
+
+from image.content import ContentError
+from image.manifest import Index, ManifestError, host_platform, parse_manifest, select_platform
+from image.metadata import ImageRecord
+from image.reference import Reference
+from image.registry import Credentials, RegistryClient, Resolved
+from image.snapshots import chain_ids
+from image.store import ImageStore
+from image.unpack import LayerError, unpack_layer
+
+log = logging.getLogger(__name__)
+
+
+class Puller:
+    def __init__(self, store: ImageStore, client: RegistryClient, max_concurrent_downloads: int = 3):
+        self._store = store
+        self._client = client
+        self._downloads = asyncio.Semaphore(max_concurrent_downloads)
+        self._shared: dict[str, asyncio.Future] = {}
+        # Digests and chain IDs that running pulls hold but no image records yet;
+        # garbage collection must leave them alone. Counted: pulls may overlap.
+        self._leases: Counter[str] = Counter()
+
+    @property
+    def in_flight(self) -> set[str]:
+        return set(self._leases)
+
+    async def pull(self, ref: Reference, creds: Credentials | None = None) -> ImageRecord:
+        """Pull `ref` and return the image record; raises the registry's, manifest's or layer's error."""
+        held: list[str] = []
+
+        def lease(key: str) -> None:
+            self._leases[key] += 1
+            held.append(key)
+
+        try:
+            return await self._pull(ref, creds, lease)
+        except BaseException:
+            self._release(held)
+            # A failed pull commits nothing: blobs and snapshots it made that no
+            # image uses go now, not at the next removal.
+            self._store.collect_garbage(self.in_flight)
+            raise
+        else:
+            self._release(held)
+
+    def _release(self, held: list[str]) -> None:
+        for key in held:
+            self._leases[key] -= 1
+            if self._leases[key] <= 0:
+                del self._leases[key]
+
+    async def _pull(self, ref: Reference, creds, lease: Callable[[str], None]) -> ImageRecord:
+        resolved = await self._client.resolve(ref, creds)
+        content = self._store.content
+        lease(resolved.digest)
+        content.write(resolved.digest, resolved.data)
+        blobs = [resolved.digest]
+
+        doc = parse_manifest(resolved.data, resolved.media_type)
+        manifest_digest, manifest_type = resolved.digest, resolved.media_type
+        if isinstance(doc, Index):
+            desc = select_platform(doc, host_platform())
+            lease(desc.digest)
+            data = content.read(desc.digest) if content.has(desc.digest) else await self._client.fetch_manifest(
+                resolved, desc.digest, creds
+            )
+            content.write(desc.digest, data)
+            blobs.append(desc.digest)
+            doc = parse_manifest(data, desc.media_type)
+            if isinstance(doc, Index):
+                raise ManifestError(f"{ref}: the index entry for this platform is itself an index")
+            manifest_digest, manifest_type = desc.digest, doc.media_type
+
+        lease(doc.config.digest)
+        await self._blob(resolved, doc.config.digest, doc.config.size, creds)
+        blobs.append(doc.config.digest)
+        config = _load_config(content.read(doc.config.digest), ref)
+        diff_ids = config.get("rootfs", {}).get("diff_ids") or []
+        if len(diff_ids) != len(doc.layers):
+            raise ManifestError(
+                f"{ref}: manifest lists {len(doc.layers)} layers but the image config has {len(diff_ids)} diff_ids"
+            )
+
+        chains = chain_ids(diff_ids)
+        for layer, chain in zip(doc.layers, chains):
+            lease(layer.digest)
+            lease(chain)
+        tasks = [
+            asyncio.ensure_future(self._layer(resolved, layer, diff_id, chain, chains[i - 1] if i else "", creds))
+            for i, (layer, diff_id, chain) in enumerate(zip(doc.layers, diff_ids, chains))
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # The first failure fails the pull; the other layers' work stops with it.
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        blobs.extend(layer.digest for layer in doc.layers)
+
+        size = content.size(manifest_digest) + doc.config.size + sum(layer.size for layer in doc.layers)
+        names = [(f"{ref.repository}@{resolved.digest}", True)]
+        if ref.tag:
+            names.append((f"{ref.repository}:{ref.tag}", False))
+        present = self._store.metadata.image(doc.config.digest)
+        if present and all(n in present.repo_tags + present.repo_digests for n, _ in names):
+            return present  # a re-pull that changed nothing writes nothing
+        record = ImageRecord(
+            id=doc.config.digest,
+            manifest_digest=manifest_digest,
+            manifest_media_type=manifest_type,
+            config=config,
+            chain_id=chains[-1] if chains else "",
+            size=size,
+            created=time.time(),
+        )
+        self._store.metadata.put_image(record, names, blobs)
+        return self._store.metadata.image(record.id)
+
+    async def _once(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run work() for `key` unless it is already running, and wait for that run.
+
+        The work is shared by every pull waiting on it and is cancelled only when
+        the last of them stops waiting.
+        """
+        entry = self._shared.get(key)
+        if entry is None:
+            entry = self._shared[key] = _Shared(asyncio.ensure_future(work()))
+        entry.waiters += 1
+        try:
+            await asyncio.shield(entry.task)
+        finally:
+            entry.waiters -= 1
+            if entry.waiters == 0:
+                if self._shared.get(key) is entry:
+                    del self._shared[key]
+                entry.task.cancel()
+
+    async def _blob(self, resolved: Resolved, digest: str, size: int, creds) -> None:
+        if self._store.content.has(digest):
+            return
+
+        async def download() -> None:
+            async with self._downloads:
+                path = self._store.content.ingest_path(digest)
+                await self._client.fetch_blob(resolved, digest, size, path, creds)
+                self._store.content.commit(digest)
+
+        await self._once(digest, download)
+
+    async def _layer(self, resolved: Resolved, layer, diff_id: str, chain_id: str, parent: str, creds) -> None:
+        await self._blob(resolved, layer.digest, layer.size, creds)
+        if self._store.snapshots.get(chain_id) is not None:
+            return
+        await self._once(chain_id, lambda: self._unpack(layer, diff_id, chain_id, parent))
+
+    async def _unpack(self, layer, diff_id: str, chain_id: str, parent: str) -> None:
+        snapshots = self._store.snapshots
+        new_dir = snapshots.new_dir()
+        try:
+            path = self._store.content.path(layer.digest)
+            result = await _in_thread(unpack_layer, path, layer.media_type, new_dir)
+            if result.diff_id != diff_id:
+                raise LayerError(
+                    f"layer {layer.digest}: uncompressed content hashes to {result.diff_id}, "
+                    f"but the image config says {diff_id}"
+                )
+            await _in_thread(_syncfs, new_dir)
+            snapshots.commit(new_dir, chain_id, parent, diff_id, result.size, result.inodes)
+        except BaseException:
+            snapshots.discard(new_dir)
+            raise
+
+
+class _Shared:
+    def __init__(self, task: asyncio.Future):
+        self.task = task
+        self.waiters = 0
+
+
+async def _in_thread(fn, *args):
+    """Run fn in a worker thread. If we are cancelled, wait for the thread to finish
+    before passing the cancellation on: the caller's clean-up must not race it."""
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
+
+
+def _load_config(data: bytes, ref: Reference) -> dict:
+    try:
+        config = json.loads(data)
+    except ValueError as e:
+        raise ContentError(f"{ref}: image config is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ContentError(f"{ref}: image config is not a JSON object")
+    return config
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: str) -> None:
+    """Flush the unpacked layer to disk before its snapshot row is committed, so a power
+    loss cannot leave a committed snapshot with missing file data. One syncfs costs
+    less than an fsync per file."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)

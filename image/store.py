@@ -1,0 +1,118 @@
+"""The image store: image records over the content store and the snapshotter.
+
+It answers "which image does this name or ID mean", removes names and images,
+reports usage, and collects blobs and snapshots that nothing references.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from image.content import ContentStore
+from image.metadata import ImageRecord, Metadata
+from image.reference import ReferenceError, parse_reference
+from image.snapshots import Snapshotter
+
+log = logging.getLogger(__name__)
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+# Shortest ID prefix accepted in place of a name, as `crictl images` prints 13 characters.
+_MIN_ID_PREFIX = 4
+# A partial download is kept this long so a pull retried after a crash resumes it.
+INGEST_KEEP_SECONDS = 3600
+
+
+class ImageNotFound(LookupError):
+    pass
+
+
+class ImageStore:
+    def __init__(self, root: str):
+        os.makedirs(root, exist_ok=True)
+        self.metadata = Metadata(os.path.join(root, "images.db"))
+        self.content = ContentStore(os.path.join(root, "content"))
+        self.snapshots = Snapshotter(os.path.join(root, "snapshots"), self.metadata)
+        self.snapshot_root = self.snapshots.root
+
+    def close(self) -> None:
+        self.metadata.close()
+
+    def lookup(self, spec: str) -> tuple[ImageRecord, str | None]:
+        """Find the image `spec` names: a full or short image ID, or a reference by tag or digest.
+
+        Returns the record and the normalised name that matched (None for an ID).
+        Raises ImageNotFound, or ReferenceError for a string that is neither.
+        """
+        if not spec:
+            raise ReferenceError("image reference is empty")
+        ident = spec[7:] if spec.startswith("sha256:") else spec
+        if _HEX.match(ident) and len(ident) >= _MIN_ID_PREFIX:
+            found = self.metadata.images_by_id_prefix("sha256:" + ident)
+            if len(found) == 1:
+                return found[0], None
+            if len(found) > 1:
+                raise ImageNotFound(f"image ID prefix {spec!r} is ambiguous: it matches {len(found)} images")
+            if spec.startswith("sha256:"):
+                raise ImageNotFound(f"no image with ID {spec}")
+        name = str(parse_reference(spec))
+        rec = self.metadata.image_by_name(name)
+        if rec is None:
+            raise ImageNotFound(f"image {spec!r} not found (looked for {name})")
+        return rec, name
+
+    def find(self, spec: str) -> ImageRecord | None:
+        try:
+            return self.lookup(spec)[0]
+        except ImageNotFound:
+            return None
+
+    def list(self) -> list[ImageRecord]:
+        return self.metadata.images()
+
+    def remove(self, spec: str, in_flight: set[str] = frozenset()) -> None:
+        """Remove what `spec` names. A tag of an image that has other tags is only untagged;
+        an ID, a digest reference or the last tag removes the image and collects garbage."""
+        try:
+            rec, name = self.lookup(spec)
+        except ImageNotFound:
+            return
+        if name is not None and name in rec.repo_tags and len(rec.repo_tags) > 1:
+            self.metadata.remove_name(name)
+            return
+        self.metadata.remove_image(rec.id)
+        self.collect_garbage(in_flight)
+
+    def collect_garbage(self, in_flight: set[str] = frozenset()) -> None:
+        """Delete blobs and snapshots that no image references.
+
+        `in_flight` holds digests and chain IDs that a running pull is still
+        assembling; they are kept even though no image record names them yet.
+        """
+        blobs = self.metadata.referenced_blobs() | set(in_flight)
+        for digest in self.content.digests():
+            if digest not in blobs:
+                log.debug("removing unreferenced blob %s", digest)
+                self.content.delete(digest)
+        for digest in self.content.stale_ingests(INGEST_KEEP_SECONDS):
+            if digest not in in_flight:
+                self.content.delete(digest)
+        keep: set[str] = set()
+        by_chain = {r.chain_id: r for r in self.metadata.snapshots()}
+        for chain_id in self.metadata.image_chain_ids() | set(in_flight):
+            while chain_id and chain_id not in keep:
+                keep.add(chain_id)
+                rec = by_chain.get(chain_id)
+                chain_id = rec.parent if rec else ""
+        for chain_id, rec in by_chain.items():
+            if chain_id not in keep:
+                log.debug("removing unreferenced snapshot %s", chain_id)
+                self.snapshots.remove(rec)
+
+    def usage(self) -> tuple[int, int]:
+        """Bytes and inodes the image store uses: unpacked snapshots plus stored blobs."""
+        used, inodes = self.metadata.snapshot_usage()
+        for digest in self.content.digests():
+            used += self.content.size(digest)
+            inodes += 1
+        return used, inodes

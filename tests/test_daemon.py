@@ -1,0 +1,96 @@
+"""cricketd as a process: socket, config, signals, and the RuntimeService basics."""
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from api.runtime.v1 import api_pb2 as pb
+from tests.daemon import Cricketd
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Cricketd(str(tmp_path), 'log_level = "info"\n[image]\nmax_concurrent_downloads = 5\n').start()
+    yield d
+    d.stop()
+
+
+def test_version(daemon):
+    v = daemon.runtime.Version(pb.VersionRequest())
+    assert (v.runtime_name, v.runtime_api_version) == ("cricket", "v1")
+    assert v.runtime_version and v.version
+
+
+def test_status_conditions_and_effective_config(daemon):
+    s = daemon.runtime.Status(pb.StatusRequest(verbose=True))
+    conditions = {c.type: c for c in s.status.conditions}
+    assert conditions["RuntimeReady"].status is True
+    assert conditions["NetworkReady"].status is False
+    assert conditions["NetworkReady"].reason == "NetworkPluginNotReady"
+    config = json.loads(s.info["config"])
+    assert config["socket"] == daemon.socket
+    assert config["image"]["max_concurrent_downloads"] == 5  # from the file
+    assert config["log_level"] == "debug"  # from the flag, over the file
+    assert daemon.runtime.Status(pb.StatusRequest()).info == {}
+
+
+def test_runtime_config_says_cgroupfs(daemon):
+    r = daemon.runtime.RuntimeConfig(pb.RuntimeConfigRequest())
+    assert r.linux.cgroup_driver == pb.CGROUPFS
+
+
+def test_unbuilt_methods_answer_unimplemented_by_name(daemon):
+    with pytest.raises(grpc.RpcError) as e:
+        daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest())
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "RunPodSandbox" in e.value.details()
+    events = daemon.runtime.GetContainerEvents(pb.GetEventsRequest())
+    with pytest.raises(grpc.RpcError) as e:
+        next(iter(events))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_socket_is_0660_and_dirs_exist(daemon):
+    mode = os.stat(daemon.socket).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+    assert os.path.isdir(daemon.root) and os.path.isdir(daemon.state)
+
+
+def test_second_instance_on_the_same_socket_refuses(daemon, tmp_path):
+    os.makedirs(tmp_path / "other")
+    other = Cricketd(str(tmp_path / "other"))
+    cmd = other.command()
+    cmd[cmd.index("--socket") + 1] = daemon.socket
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert f"another cricketd (pid {daemon.proc.pid}) is serving {daemon.socket}" in out.stderr
+    daemon.runtime.Version(pb.VersionRequest())  # the first one still serves
+
+
+def test_sigterm_stops_cleanly_and_removes_the_socket(daemon):
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not os.path.exists(daemon.socket)
+    assert "stopped" in daemon.log()
+
+
+def test_restart_after_sigkill_serves_again(daemon):
+    pid = daemon.proc.pid
+    daemon.restart(signal.SIGKILL)  # leaves a stale socket and lock file behind
+    assert daemon.proc.pid != pid
+    daemon.runtime.Version(pb.VersionRequest())
+
+
+def test_bad_config_is_refused_with_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[image]\npull_retries = -1\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "cri.main", "--config", str(bad), "--socket", str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2
+    assert "image.pull_retries: must be positive" in out.stderr

@@ -1,0 +1,62 @@
+import pytest
+
+from cri import config as configuration
+from cri.config import ConfigError, load
+
+
+def test_defaults_without_a_file():
+    cfg = load(None)
+    assert cfg.socket == "/run/cricket/cricket.sock"
+    assert cfg.root_dir == "/var/lib/cricket"
+    assert cfg.state_dir == "/run/cricket"
+    assert cfg.image.max_concurrent_downloads == 3
+    assert cfg.registries == {}
+
+
+def test_missing_default_file_is_fine(monkeypatch, tmp_path):
+    monkeypatch.setattr(configuration, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    assert load(str(tmp_path / "absent.toml")).log_level == "info"
+
+
+def test_missing_named_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(str(tmp_path / "nope.toml"))
+
+
+def test_file_then_flags(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'root_dir = "/srv/cricket"\nsocket = "/tmp/a.sock"\n'
+        "[image]\nmax_concurrent_downloads = 8\n"
+        '[registries."docker.io"]\nmirrors = ["http://127.0.0.1:5000"]\n'
+        '[registries."127.0.0.1:5000"]\ninsecure = true\n'
+    )
+    cfg = load(str(path), {"socket": "/tmp/b.sock", "state_dir": None})
+    assert cfg.root_dir == "/srv/cricket"
+    assert cfg.socket == "/tmp/b.sock"  # the flag wins
+    assert cfg.state_dir == "/run/cricket"  # an unset flag leaves the default
+    assert cfg.image.max_concurrent_downloads == 8
+    assert cfg.registries["docker.io"].mirrors == ["http://127.0.0.1:5000"]
+    assert cfg.registries["127.0.0.1:5000"].insecure is True
+    assert cfg.as_dict()["registries"]["docker.io"]["mirrors"] == ["http://127.0.0.1:5000"]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("sockett = '/x'", "unknown key 'sockett'"),
+        ("[image]\nmax_concurrent_downloads = 0", "image.max_concurrent_downloads: must be positive"),
+        ("[image]\nmax_concurrent_downloads = 'many'", "want a number"),
+        ("[registries.'docker.io']\ninsecure = 'yes'", "registries.docker.io.insecure: want true or false"),
+        ("[registries.'docker.io']\nmirrors = 'http://x'", "want a list of strings"),
+        ("log_level = 'loud'", "log_level: want one of"),
+        ("root_dir = 'relative/dir'", "root_dir: want an absolute path"),
+        ("root_dir = ", "config file"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, words):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert words in str(e.value)
