@@ -1,0 +1,174 @@
+"""Decompression of image layer blobs into a stream of the uncompressed tar.
+
+A layer's media type says how it is compressed, but registries and build tools
+are known to mislabel layers (gzip bytes under a plain ``.tar`` type, or the
+reverse), so the magic bytes at the start of the blob have the last word.
+Every failure of the blob itself surfaces as :class:`LayerError`; the codecs'
+own exception types never leak to callers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from typing import BinaryIO
+
+import zstandard
+
+GZIP, ZSTD, NONE = "gzip", "zstd", "none"
+
+_MEDIA_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": NONE,
+    "application/vnd.oci.image.layer.v1.tar+gzip": GZIP,
+    "application/vnd.oci.image.layer.v1.tar+zstd": ZSTD,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": NONE,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": GZIP,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": ZSTD,
+    "application/vnd.docker.image.rootfs.diff.tar": NONE,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": GZIP,
+}
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# zstd is fed in small pieces because one call of its decompressor returns all
+# that the piece expands to, and a run-length block turns 4 bytes into 128 KiB:
+# 16 KiB of input can never cost more than 512 MiB, and ordinary data stays
+# near 64 KiB of output per call.
+_ZSTD_FEED = 16 << 10
+
+
+class LayerError(Exception):
+    """The layer blob is corrupt, truncated or unreadable; the message says what."""
+
+
+def compression_of(media_type: str) -> str | None:
+    """Return the compression a layer media type declares, or None if the type is unknown."""
+    return _MEDIA_TYPES.get(media_type)
+
+
+def sniff(head: bytes) -> str:
+    """Return the compression identified by a blob's first bytes (NONE when neither codec matches)."""
+    if head.startswith(_GZIP_MAGIC):
+        return GZIP
+    if head.startswith(_ZSTD_MAGIC):
+        return ZSTD
+    return NONE
+
+
+def open_decompressed(path: str, media_type: str | None = None) -> BinaryIO:
+    """Open the layer blob at ``path`` as a streaming reader of its uncompressed tar.
+
+    The media type is advisory: when the blob's magic bytes name a codec, that
+    codec is used; when they name none, the blob is read as a plain tar whatever
+    the type claims, since a truly corrupt blob then fails as a bad tar.
+    Read errors of the returned stream are raised as :class:`LayerError`.
+    """
+    try:
+        raw = open(path, "rb", buffering=0)
+    except OSError as e:
+        raise LayerError(f"cannot open layer blob {path}: {e.strerror}") from e
+    try:
+        head = raw.read(4)
+        raw.seek(0)
+    except OSError as e:
+        raw.close()
+        raise LayerError(f"cannot read layer blob {path}: {e.strerror}") from e
+    kind = sniff(head)
+    if kind == GZIP:
+        inner: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif kind == ZSTD:
+        inner = _ZstdReader(raw)
+    else:
+        inner = raw
+    declared = compression_of(media_type) if media_type else None
+    return _Guarded(inner, raw, path, kind, declared)
+
+
+class _ZstdReader(io.RawIOBase):
+    """Reads concatenated zstd frames, failing on a frame cut short.
+
+    zstandard's own stream_reader treats a truncated frame as a clean end of
+    data, which would let a cut-off download pass as a shorter layer.
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None  # decompressobj of the frame being read
+        self._out = b""
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while self._at == len(self._out):
+            if not self._decompress_more():
+                return b""
+        end = len(self._out) if size < 0 else min(len(self._out), self._at + size)
+        piece = self._out[self._at:end]
+        self._at = end
+        return piece
+
+    def readinto(self, b) -> int:
+        piece = self.read(len(b))
+        b[:len(piece)] = piece
+        return len(piece)
+
+    def _decompress_more(self) -> bool:
+        """Decompress one more piece of input; False at a clean end of the stream."""
+        if self._frame is None or self._frame.eof:
+            data = self._frame.unused_data if self._frame is not None else b""
+            if not data:
+                data = self._raw.read(_ZSTD_FEED)
+            if not data:
+                return False
+            self._frame = self._dctx.decompressobj()
+        else:
+            data = self._raw.read(_ZSTD_FEED)
+            if not data:
+                raise LayerError("zstd stream is truncated: the last frame is incomplete")
+        self._out = self._frame.decompress(data)
+        self._at = 0
+        return True
+
+
+class _Guarded(io.RawIOBase):
+    """Translates the codecs' errors into LayerError and closes the file under them."""
+
+    def __init__(self, inner: BinaryIO, raw: BinaryIO, path: str, kind: str, declared: str | None):
+        self._inner = inner
+        self._raw = raw
+        self.path = path
+        self.compression = kind
+        self.declared_compression = declared
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            return self._inner.readinto(b)
+        except LayerError:
+            raise
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
+            raise LayerError(f"layer blob {self.path} ({self.compression}) is corrupt: {e}") from e
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._inner.read(size)
+        except LayerError:
+            raise
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
+            raise LayerError(f"layer blob {self.path} ({self.compression}) is corrupt: {e}") from e
+
+    def close(self) -> None:
+        try:
+            if self._inner is not self._raw:
+                self._inner.close()
+        finally:
+            self._raw.close()
+            super().close()

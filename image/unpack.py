@@ -1,0 +1,471 @@
+"""Unpacking of image layers into overlayfs lower directories.
+
+A layer is a tar of the changes it makes to its parents. It is unpacked into an
+empty directory in the form overlayfs reads, so that the directory can be
+stacked directly above its parents' directories as a lowerdir: a whiteout entry
+``dir/.wh.NAME`` becomes a 0:0 character device ``dir/NAME``, and an opaque
+marker ``dir/.wh..wh..opq`` becomes the ``trusted.overlay.opaque=y`` xattr on
+``dir`` (as containerd's overlay applier does).
+
+Tar members are trusted with nothing outside the destination: absolute names,
+names that climb out with ``..``, and names whose parent path passes through a
+symlink are refused with :class:`UnsafeLayerError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ctypes
+import errno
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import BinaryIO
+from urllib.parse import unquote
+
+from .compression import LayerError, open_decompressed
+
+__all__ = ["LayerError", "UnsafeLayerError", "UnpackResult", "unpack_layer", "sync_dir_tree"]
+
+log = logging.getLogger(__name__)
+
+_BLOCK = tarfile.BLOCKSIZE
+_ZERO_BLOCK = bytes(_BLOCK)
+_CHUNK = 1 << 20
+
+_WHITEOUT = ".wh."
+_WHITEOUT_META = ".wh..wh."
+_OPAQUE = ".wh..wh..opq"
+_OPAQUE_XATTR = "trusted.overlay.opaque"
+
+_CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NODE_TYPES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK, tarfile.FIFOTYPE: stat.S_IFIFO}
+
+
+class UnsafeLayerError(LayerError):
+    """An entry of the layer would land outside the destination; the message names the entry."""
+
+
+@dataclass
+class UnpackResult:
+    diff_id: str  # "sha256:<hex>" of the uncompressed tar stream
+    size: int  # bytes of file content written
+    inodes: int  # inodes created (hard links create none)
+
+
+def unpack_layer(path: str, media_type: str | None, dest: str) -> UnpackResult:
+    """Unpack the layer blob at ``path`` into the existing empty directory ``dest``.
+
+    The result can be used as an overlayfs lowerdir above the directories of the
+    layer's parents. Raises :class:`UnsafeLayerError` for an entry that would
+    escape ``dest``, :class:`LayerError` for a corrupt or malformed layer, and
+    OSError (with a note naming the entry) when the destination filesystem
+    fails. On any error ``dest`` holds partial output for the caller to delete.
+    Nothing is fsynced; see :func:`sync_dir_tree`.
+    """
+    with open_decompressed(path, media_type) as blob:
+        stream = _TarStream(blob)
+        writer = _Writer(dest)
+        entry = None
+        try:
+            for archive, entry in _entries(stream):
+                writer.apply(entry, archive, stream)
+            entry = None
+            writer.finish()
+        except tarfile.TarError as e:
+            raise LayerError(f"layer {path} is not a valid tar: {e}") from e
+        except OSError as e:
+            e.add_note(f"while unpacking {entry.name if entry else 'directory times'!r} of layer {path} into {dest}")
+            raise
+        # The diff ID covers the whole stream, including anything after the
+        # end-of-archive blocks, exactly as the image config recorded it.
+        stream.drain()
+    return UnpackResult(f"sha256:{stream.hexdigest()}", writer.size, writer.inodes)
+
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+
+
+def sync_dir_tree(path: str) -> None:
+    """Flush everything written under ``path`` to disk, once for a whole snapshot.
+
+    Uses syncfs(2) on the filesystem holding ``path``, falling back to sync(2).
+    """
+    syncfs = getattr(_libc, "syncfs", None) if _libc is not None else None
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _entries(stream: _TarStream):
+    """Yield (archive, member) for each tar member.
+
+    tarfile stops silently at a bad header after the first one, which would
+    pass a damaged layer off as a shorter one; so before each header we peek at
+    it ourselves and only the end-of-archive block (or the end of the data, as
+    Go's archive/tar allows) may end the walk.
+    """
+    if not stream.peek(_BLOCK):
+        return  # an empty blob is an empty layer to Go's archive/tar too
+    archive = tarfile.open(fileobj=stream, mode="r:", errors="surrogateescape")
+    member = archive.next()
+    while member is not None:
+        yield archive, member
+        stream.skip_to(archive.offset)
+        archive.members.clear()  # tarfile keeps every member otherwise
+        head = stream.peek(_BLOCK)
+        if not head or head == _ZERO_BLOCK:
+            return
+        if len(head) < _BLOCK:
+            raise LayerError(f"tar is truncated inside the header at byte {archive.offset}")
+        member = archive.next()
+        if member is None:
+            raise LayerError(f"invalid tar header at byte {archive.offset}")
+
+
+class _TarStream:
+    """The uncompressed tar, hashed as it is read; forward-only, with peek.
+
+    tarfile in seekable mode reads straight from this object, which avoids the
+    extra copying of its stream mode and lets _entries peek at headers.
+    """
+
+    def __init__(self, src: BinaryIO):
+        self._src = src
+        self._hash = hashlib.sha256()
+        self._buf = b""
+        self._at = 0  # read position in _buf
+        self._pos = 0  # read position in the whole stream
+
+    def _pull(self) -> bytes:
+        chunk = self._src.read(_CHUNK)
+        if chunk:
+            self._hash.update(chunk)
+        return chunk
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise OSError(errno.ESPIPE, "layer stream only seeks forward to an absolute position")
+        self.skip_to(pos)
+        return pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            raise OSError(errno.EINVAL, "layer stream reads need a size")
+        if n <= len(self._buf) - self._at:
+            piece = self._buf[self._at:self._at + n]
+            self._at += n
+            self._pos += n
+            return piece
+        parts = [self._buf[self._at:]]
+        got = len(parts[0])
+        self._buf, self._at = b"", 0
+        while got < n:
+            chunk = self._pull()
+            if not chunk:
+                break
+            take = min(n - got, len(chunk))
+            parts.append(chunk[:take])
+            self._buf, self._at = chunk, take
+            got += take
+        self._pos += got
+        return b"".join(parts)
+
+    def readinto(self, b) -> int:
+        if self._at == len(self._buf):
+            self._buf, self._at = self._pull(), 0
+        n = min(len(b), len(self._buf) - self._at)
+        b[:n] = memoryview(self._buf)[self._at:self._at + n]
+        self._at += n
+        self._pos += n
+        return n
+
+    def peek(self, n: int) -> bytes:
+        """Return up to ``n`` coming bytes without consuming them; fewer only at the end."""
+        while len(self._buf) - self._at < n:
+            chunk = self._pull()
+            if not chunk:
+                break
+            self._buf, self._at = self._buf[self._at:] + chunk, 0
+        return self._buf[self._at:self._at + n]
+
+    def skip_to(self, pos: int) -> None:
+        if pos < self._pos:
+            raise OSError(errno.ESPIPE, f"layer stream cannot seek back from {self._pos} to {pos}")
+        left = pos - self._pos
+        while left:
+            avail = len(self._buf) - self._at
+            if not avail:
+                self._buf, self._at = self._pull(), 0
+                if not self._buf:
+                    raise LayerError(f"tar is truncated: data ends at byte {self._pos}")
+                continue
+            take = min(left, avail)
+            self._at += take
+            self._pos += take
+            left -= take
+
+    def drain(self) -> None:
+        self._buf, self._at = b"", 0
+        while self._pull():
+            pass
+
+
+class _Writer:
+    """Applies tar members to the destination directory in overlayfs form."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.size = 0
+        self.inodes = 0
+        # Directories (relative paths) known to be real directories in root: a
+        # parent found here needs no lstat walk to prove it is not a symlink.
+        self._dirs = {""}
+        # Directory mtimes wait until the end: every entry written into a
+        # directory would move its mtime again.
+        self._dir_times: dict[str, int] = {}
+        self._buf = memoryview(bytearray(_CHUNK))
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def apply(self, member: tarfile.TarInfo, archive: tarfile.TarFile, stream: _TarStream) -> None:
+        rel = _clean(member.name)
+        parent, _, base = rel.rpartition("/")
+        if base.startswith(_WHITEOUT):
+            self._whiteout(member, parent, base)
+            return
+        self._dir_at(parent, member.name, create=True)
+        full = self._path(rel)
+        if member.isdir():
+            self._directory(member, rel, full)
+        elif not rel:
+            raise LayerError(f"entry {member.name!r} would replace the layer root with a non-directory")
+        elif member.isreg():
+            self._file(member, rel, full, archive, stream)
+        elif member.issym():
+            self._create(rel, full, os.symlink, member.linkname, full)
+            os.lchown(full, member.uid, member.gid)
+            self._set_xattrs(member, full)
+            ns = _mtime_ns(member)
+            os.utime(full, ns=(ns, ns), follow_symlinks=False)
+            self.inodes += 1
+        elif member.islnk():
+            self._hard_link(member, rel, full)
+        elif member.type in _NODE_TYPES:
+            device = os.makedev(member.devmajor, member.devminor)
+            self._create(rel, full, os.mknod, full, _NODE_TYPES[member.type] | 0o600, device)
+            self._set_metadata(member, full)
+            self.inodes += 1
+        else:
+            raise LayerError(f"entry {member.name!r} has unsupported tar type {member.type!r}")
+
+    def finish(self) -> None:
+        for rel, ns in self._dir_times.items():
+            os.utime(self._path(rel), ns=(ns, ns), follow_symlinks=False)
+
+    def _file(self, member, rel, full, archive, stream) -> None:
+        fd = self._create(rel, full, os.open, full, _CREATE_FILE, 0o600)
+        try:
+            if member.size:
+                if member.sparse is not None:
+                    read = archive.extractfile(member).readinto
+                else:
+                    stream.skip_to(member.offset_data)
+                    read = stream.readinto
+                self._copy(read, fd, member.size, member.name)
+            # Ownership before mode, since chown clears setuid/setgid; xattrs
+            # after both, since chown and writes drop security.capability.
+            os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode & 0o7777)
+            self._set_xattrs(member, fd)
+            ns = _mtime_ns(member)
+            os.utime(fd, ns=(ns, ns))
+        finally:
+            os.close(fd)
+        self.size += member.size
+        self.inodes += 1
+
+    def _copy(self, read, fd: int, size: int, name: str) -> None:
+        buf = self._buf
+        left = size
+        while left:
+            n = read(buf[:min(left, len(buf))])
+            if not n:
+                raise LayerError(f"tar is truncated inside the data of {name!r}")
+            done = 0
+            while done < n:
+                done += os.write(fd, buf[done:n])
+            left -= n
+
+    def _directory(self, member, rel, full) -> None:
+        if rel not in self._dirs:
+            try:
+                os.mkdir(full, 0o700)
+                self.inodes += 1
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(full).st_mode):
+                    self._remove(rel, full)
+                    os.mkdir(full, 0o700)
+                    self.inodes += 1
+            self._dirs.add(rel)
+        os.chown(full, member.uid, member.gid)
+        os.chmod(full, member.mode & 0o7777)
+        self._set_xattrs(member, full)
+        self._dir_times[rel] = _mtime_ns(member)
+
+    def _hard_link(self, member, rel, full) -> None:
+        target = _clean(member.linkname, f"hard link {member.name!r} -> {member.linkname!r}")
+        if not target:
+            raise LayerError(f"hard link {member.name!r} points at the layer root")
+        self._dir_at(target.rpartition("/")[0], member.name, create=False)
+        target_full = self._path(target)
+        try:
+            mode = os.lstat(target_full).st_mode
+        except FileNotFoundError:
+            raise LayerError(
+                f"hard link {member.name!r} points to {member.linkname!r}, which the layer has not created"
+            ) from None
+        if stat.S_ISDIR(mode):
+            raise LayerError(f"hard link {member.name!r} points to directory {member.linkname!r}")
+        # The link shares the target's inode, whose metadata its own entry set.
+        self._create(rel, full, os.link, target_full, full, follow_symlinks=False)
+
+    def _whiteout(self, member, parent, base) -> None:
+        self._dir_at(parent, member.name, create=True)
+        if base == _OPAQUE:
+            os.setxattr(self._path(parent), _OPAQUE_XATTR, b"y")
+            return
+        if base.startswith(_WHITEOUT_META):
+            return  # other AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs) means nothing to overlayfs
+        hidden = base[len(_WHITEOUT):]
+        if hidden in ("", ".", ".."):
+            raise UnsafeLayerError(f"whiteout entry {member.name!r} names no file of its directory")
+        rel = f"{parent}/{hidden}" if parent else hidden
+        full = self._path(rel)
+        self._create(rel, full, os.mknod, full, stat.S_IFCHR, 0)
+        os.lchown(full, member.uid, member.gid)
+        self.inodes += 1
+
+    def _dir_at(self, rel: str, entry: str, create: bool) -> None:
+        """Make sure ``rel`` is a real directory, every component of it checked with lstat."""
+        if rel in self._dirs:
+            return
+        self._dir_at(rel.rpartition("/")[0], entry, create)
+        full = self._path(rel)
+        try:
+            mode = os.lstat(full).st_mode
+        except FileNotFoundError:
+            if not create:
+                raise LayerError(f"entry {entry!r} refers into {rel!r}, which the layer has not created") from None
+            os.mkdir(full)
+            os.chmod(full, 0o755)  # as containerd makes missing parents, whatever the umask
+            self.inodes += 1
+            mode = stat.S_IFDIR
+        if stat.S_ISLNK(mode):
+            raise UnsafeLayerError(f"entry {entry!r} would pass through the symlink {rel!r}")
+        if not stat.S_ISDIR(mode):
+            raise LayerError(f"entry {entry!r} lies under {rel!r}, which is not a directory")
+        self._dirs.add(rel)
+
+    def _create(self, rel, full, make, *args, **kwargs):
+        """Run ``make``, first removing whatever an earlier entry left at ``full``."""
+        try:
+            return make(*args, **kwargs)
+        except FileExistsError:
+            self._remove(rel, full)
+            return make(*args, **kwargs)
+
+    def _remove(self, rel, full) -> None:
+        if not stat.S_ISDIR(os.lstat(full).st_mode):
+            os.unlink(full)
+            return
+        shutil.rmtree(full)
+        inside = rel + "/"
+        self._dirs = {d for d in self._dirs if d != rel and not d.startswith(inside)}
+        self._dir_times = {d: t for d, t in self._dir_times.items() if d != rel and not d.startswith(inside)}
+
+    def _set_metadata(self, member, full) -> None:
+        os.lchown(full, member.uid, member.gid)
+        os.chmod(full, member.mode & 0o7777)
+        self._set_xattrs(member, full)
+        ns = _mtime_ns(member)
+        os.utime(full, ns=(ns, ns), follow_symlinks=False)
+
+    def _set_xattrs(self, member, target) -> None:
+        if not member.pax_headers:
+            return
+        by_path = {} if isinstance(target, int) else {"follow_symlinks": False}
+        for name, value in _xattrs(member).items():
+            try:
+                os.setxattr(target, name, value, **by_path)
+            except OSError as e:
+                # The kernel allows user.* only on regular files and directories.
+                user_on_special = (
+                    e.errno == errno.EPERM and name.startswith("user.") and not (member.isreg() or member.isdir())
+                )
+                if e.errno != errno.ENOTSUP and not user_on_special:
+                    raise
+                log.warning("ignoring xattr %s of %r: %s", name, member.name, e.strerror)
+
+
+def _clean(name: str, what: str | None = None) -> str:
+    """Return the member name relative to the root ("" for the root), or refuse it."""
+    what = what or f"entry {name!r}"
+    if name.startswith("/"):
+        raise UnsafeLayerError(f"{what} has an absolute path")
+    norm = posixpath.normpath(name) if name else "."
+    if norm == ".." or norm.startswith("../"):
+        raise UnsafeLayerError(f"{what} climbs out of the layer root")
+    return "" if norm == "." else norm
+
+
+def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            # tarfile decoded the raw value with surrogateescape; this restores the bytes.
+            found[key[len("SCHILY.xattr."):]] = value.encode("utf-8", "surrogateescape")
+        elif key.startswith("LIBARCHIVE.xattr."):
+            # libarchive writes the name URL-encoded and the value base64, maybe unpadded.
+            try:
+                raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise LayerError(f"entry {member.name!r} has a malformed {key} record: {e}") from e
+            found.setdefault(unquote(key[len("LIBARCHIVE.xattr."):]), raw)
+    return found
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    mtime = member.mtime
+    if isinstance(mtime, int):
+        return mtime * 1_000_000_000
+    # A pax mtime has sub-second digits; the float tarfile made of it has lost
+    # the nanoseconds, the record itself has not.
+    try:
+        return int(Decimal(member.pax_headers["mtime"]) * 1_000_000_000)
+    except (KeyError, InvalidOperation):
+        return round(mtime * 1e9)
