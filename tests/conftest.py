@@ -1,0 +1,86 @@
+"""Session fixtures: the test images, and real registries on loopback with them pushed.
+
+Each fixture stops what it started (by pid) and removes its directory, also
+when tests fail. A fixture whose tools are missing skips with their names.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import pytest
+
+from tests.fixtures import images
+from tests.fixtures.registry import REGISTRY_BINARY, start_registry
+from tests.fixtures.tokenserver import TokenServer
+
+USER = ("alice", "wonderland")
+
+# binary → the Debian package that has it (`make deps-test` installs them all)
+_PACKAGES = {
+    images.BUSYBOX: "busybox-static", REGISTRY_BINARY: "docker-registry",
+    "skopeo": "skopeo", "htpasswd": "apache2-utils",
+}
+
+
+def require(*binaries: str) -> None:
+    missing = [b for b in binaries if not (os.access(b, os.X_OK) if os.path.isabs(b) else shutil.which(b))]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: apt-get install {' '.join(_PACKAGES.get(b, b) for b in missing)}")
+
+
+@contextlib.contextmanager
+def _workdir(tmp_path_factory, name):
+    workdir = tmp_path_factory.mktemp(name)
+    try:
+        yield str(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory) -> images.ImageSet:
+    """Every test image, built once (ImageSet: name → ImageInfo)."""
+    require(images.BUSYBOX)
+    with _workdir(tmp_path_factory, "images") as workdir:
+        yield images.build_images(workdir)
+
+
+@contextlib.contextmanager
+def _registry(tmp_path_factory, name, **kw):
+    with _workdir(tmp_path_factory, name) as workdir, start_registry(workdir, **kw) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def registry(test_images, tmp_path_factory):
+    """Plain-HTTP registry, no auth, every test image pushed under its own name."""
+    require(REGISTRY_BINARY, "skopeo")
+    with _registry(tmp_path_factory, "registry") as reg:
+        images.push_all(test_images, reg)
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def tls_registry(test_images, tmp_path_factory):
+    """HTTPS registry (test CA in .ca_file) with htpasswd user alice/wonderland, every test image pushed."""
+    require(REGISTRY_BINARY, "skopeo", "htpasswd")
+    with _registry(tmp_path_factory, "tls-registry", tls=True, htpasswd=USER) as reg:
+        images.push_all(test_images, reg)
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def token_registry(test_images, tmp_path_factory):
+    """Plain-HTTP registry behind a token server (.token_server, .token_url, .refresh_token).
+
+    busybox is pushed as public/busybox (anonymous pulls) and private/busybox
+    (alice/wonderland only); the pushes themselves go through the token flow.
+    """
+    require(REGISTRY_BINARY, "skopeo")
+    with _workdir(tmp_path_factory, "token-server") as workdir, TokenServer(workdir, *USER) as tokens:
+        with _registry(tmp_path_factory, "token-registry", token=tokens) as reg:
+            for repo in ("public/busybox", "private/busybox"):
+                images.push(test_images, "busybox", reg, repo=repo)
+            yield reg
