@@ -50,16 +50,17 @@ class Puller:
             self._leases[key] += 1
             held.append(key)
 
+        done = False
         try:
-            return await self._pull(ref, creds, lease)
-        except BaseException:
+            record = await self._pull(ref, creds, lease)
+            done = True
+            return record
+        finally:
             self._release(held)
-            # A failed pull commits nothing: blobs and snapshots it made that no
-            # image uses go now, not at the next removal.
-            self._store.collect_garbage(self.in_flight)
-            raise
-        else:
-            self._release(held)
+            if not done:
+                # A failed pull commits nothing: blobs and snapshots it made that
+                # no image uses go now, not at the next removal.
+                self._store.collect_garbage(self.in_flight)
 
     def _release(self, held: list[str]) -> None:
         for key in held:
@@ -153,7 +154,12 @@ class Puller:
             if entry.waiters == 0:
                 if self._shared.get(key) is entry:
                     del self._shared[key]
-                entry.task.cancel()
+                if not entry.task.done():
+                    # Wait for the work to wind down (an unpack thread cannot be
+                    # interrupted) so that a failed pull's clean-up, which runs
+                    # next, sees everything the work left behind.
+                    entry.task.cancel()
+                    await asyncio.wait([entry.task])
 
     async def _blob(self, resolved: Resolved, digest: str, size: int, creds) -> None:
         if self._store.content.has(digest):

@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from tests.fixtures import images
+from tests.fixtures.proxy import Proxy
 from tests.fixtures.registry import REGISTRY_BINARY, start_registry
 from tests.fixtures.tokenserver import TokenServer
 
@@ -84,3 +85,18 @@ def token_registry(test_images, tmp_path_factory):
             for repo in ("public/busybox", "private/busybox"):
                 images.push(test_images, "busybox", reg, repo=repo)
             yield reg
+
+
+@pytest.fixture
+def proxies():
+    """Proxies made by a test, closed after it whatever happens."""
+    made: list[Proxy] = []
+
+    def make(*args, **kw) -> Proxy:
+        p = Proxy(*args, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()

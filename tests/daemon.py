@@ -21,6 +21,7 @@ class Cricketd:
 
     def __init__(self, workdir: str, config: str = ""):
         self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
         self.root = os.path.join(workdir, "root")
         self.state = os.path.join(workdir, "state")
         self.socket = os.path.join(workdir, "cricket.sock")

@@ -12,21 +12,16 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
-import http.client
-import http.server
 import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
-import threading
 import time
-import urllib.parse
-from dataclasses import dataclass, field
 
 import pytest
 
+from tests.fixtures.proxy import Proxy, Reply
 from image.manifest import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -75,129 +70,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# -- a recording, misbehaving proxy ----------------------------------------------
-
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection", "te", "upgrade"}
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    cut_at: int | None = None  # send only this many body bytes, then drop the connection
-
-
-class Proxy:
-    """A loopback HTTP server that forwards to `upstream` and records every request.
-
-    `hook(request, forward)` decides each answer; `forward()` asks the upstream
-    with the request as it then is and returns a Reply to change or pass on.
-    """
-
-    def __init__(self, upstream: str | None, ca_file: str | None = None, hook=None):
-        self.upstream = urllib.parse.urlsplit(upstream) if upstream else None
-        self.ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
-        self.hook = hook or (lambda req, forward: forward())
-        self.requests: list[Request] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                proxy._serve(self)
-
-            do_HEAD = do_POST = do_GET
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        self.url = f"http://{self.host}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def blob_requests(self) -> list[Request]:
-        return [r for r in self.requests if "/blobs/" in r.path]
-
-    def _forward(self, req: Request) -> Reply:
-        u = self.upstream
-        conn = (
-            http.client.HTTPSConnection(u.netloc, context=self.ssl, timeout=30)
-            if u.scheme == "https"
-            else http.client.HTTPConnection(u.netloc, timeout=30)
-        )
-        try:
-            headers = {k: v for k, v in req.headers.items() if k.lower() not in _HOP}
-            conn.request(req.method, req.path, body=req.body or None, headers=headers)
-            r = conn.getresponse()
-            body = r.read()
-            return Reply(r.status, [(k, v) for k, v in r.getheaders() if k.lower() not in _HOP], body)
-        finally:
-            conn.close()
-
-    def _serve(self, h: http.server.BaseHTTPRequestHandler):
-        length = int(h.headers.get("Content-Length") or 0)
-        req = Request(h.command, h.path, dict(h.headers.items()), h.rfile.read(length) if length else b"")
-        self.requests.append(req)
-        try:
-            reply = self.hook(req, lambda: self._forward(req))
-        except Exception as e:  # a broken test hook shows as a 599, not a hang
-            reply = Reply(599, body=repr(e).encode())
-        h.send_response(reply.status)
-        for k, v in reply.headers:
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(reply.body)))
-        if reply.cut_at is not None:
-            h.send_header("Connection", "close")
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(reply.body if reply.cut_at is None else reply.body[: reply.cut_at])
-        h.wfile.flush()
-        if reply.cut_at is not None:
-            h.close_connection = True
-
-
-@pytest.fixture
-def proxies():
-    """Proxies made by a test, closed after it whatever happens."""
-    made: list[Proxy] = []
-
-    def make(*args, **kw) -> Proxy:
-        p = Proxy(*args, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 # -- helpers on the fixture registries ---------------------------------------------
