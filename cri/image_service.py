@@ -7,6 +7,7 @@ import time
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
+from cri import memory
 from cri.errors import handle_errors
 from cri.unimplemented import answer_unimplemented
 from image.metadata import ImageRecord
@@ -67,7 +68,10 @@ class ImageService(pb_grpc.ImageServiceServicer):
     async def PullImage(self, request, context):
         ref = parse_reference(request.image.image)
         started = time.monotonic()
-        rec = await self._puller.pull(ref, credentials(request.auth))
+        try:
+            rec = await self._puller.pull(ref, credentials(request.auth))
+        finally:
+            memory.trim()
         log.info("pulled %s as %s in %.3fs", ref, rec.id, time.monotonic() - started)
         return pb.PullImageResponse(image_ref=rec.id)
 
@@ -103,6 +107,7 @@ class ImageService(pb_grpc.ImageServiceServicer):
     @handle_errors
     async def RemoveImage(self, request, context):
         self._store.remove(request.image.image, self._puller.in_flight)
+        memory.trim()
         return pb.RemoveImageResponse()
 
     @handle_errors

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import signal
 import grpc
 
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
+from cri import memory
 from cri.config import Config
 from cri.image_service import ImageService
 from cri.runtime_service import RuntimeService
@@ -55,6 +57,7 @@ def registry_hosts(config: Config) -> dict[str, HostConfig]:
 
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
+    memory.limit_arenas()
     for d in (config.root_dir, config.state_dir, os.path.dirname(config.socket)):
         os.makedirs(d, mode=0o711, exist_ok=True)
     lock_fd = _lock(config.socket)
@@ -84,6 +87,8 @@ async def serve(config: Config) -> None:
     finally:
         os.umask(old_umask)
     os.chmod(config.socket, SOCKET_MODE)
+    gc.collect()  # what start-up imported and swept is garbage now
+    memory.trim()
     log.info("cricketd serving CRI v1 on %s (root %s, state %s)", config.socket, config.root_dir, config.state_dir)
 
     stop = asyncio.Event()
