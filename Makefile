@@ -6,6 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PROTO  := api/runtime/v1/api.proto
 STUBS  := api/runtime/v1/api_pb2.py api/runtime/v1/api_pb2_grpc.py
+SHIM_PROTO := api/shim/v1/shim.proto
+SHIM_STUBS := api/shim/v1/shim_pb2.py
 
 # Debian packages: what the daemon runs with, and what the tests and
 # benchmarks run against (a real registry, skopeo, busybox for test images,
@@ -27,10 +29,14 @@ test: deps-test install
 bench: deps-test deps-bench install
 	$(VENV)/bin/python -m bench $(ARGS)
 
-proto: $(STUBS)
+proto: $(STUBS) $(SHIM_STUBS)
 
 $(STUBS): $(PROTO) $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(PROTO)
+
+# The shim protocol is frames over a unix socket, not gRPC: messages only.
+$(SHIM_STUBS): $(SHIM_PROTO) $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I . --python_out=. $(SHIM_PROTO)
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,4 +54,4 @@ deps-bench:
 	@./.ci/apt-install $(BENCH_DEBS)
 
 clean:
-	rm -rf $(VENV) $(STUBS) *.egg-info
+	rm -rf $(VENV) $(STUBS) $(SHIM_STUBS) *.egg-info

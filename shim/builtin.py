@@ -1,0 +1,378 @@
+"""The built-in executor: runs an OCI runtime spec with namespaces, mounts, pivot_root,
+cgroups and capabilities, in the shim's own forked children.
+
+Creating a container takes two forks, as runc's does. The first child joins the
+container's cgroup and namespaces and unshares the new ones; a new PID
+namespace only takes effect for its children, so it forks the container's
+first process and exits at once (the shim, a child subreaper, inherits it).
+That process builds the container's filesystem, pivots into it, becomes the
+configured user with the configured capabilities, says "ready" and then waits:
+StartContainer releases it into execve. Exec processes take the same two forks
+into the running container's namespaces.
+
+Children talk to the shim over a report pipe, one line each: "pid N", "ready",
+or "error MESSAGE". The pipe is close-on-exec, so after a release, end of file
+with no message means execve succeeded.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+import select
+import termios
+from dataclasses import dataclass
+
+from shim import caps, linux, mounts
+from shim.cgroups import Cgroup, v1_mount_sources
+
+REPORT_TIMEOUT = 30.0  # a child that says nothing this long is stuck
+_RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
+# Namespaces an exec joins, in an order that works: mnt last, since joining it
+# changes what /proc/<pid>/ns paths would resolve to (the fds are opened first anyway).
+_EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
+
+
+class ExecutorError(Exception):
+    """The container or process could not be set up; the message says what failed."""
+
+
+class StartError(ExecutorError):
+    """execve of the container's process failed (no such file, permission denied...)."""
+
+
+@dataclass
+class Stdio:
+    """The descriptors a process gets as its 0, 1 and 2; a tty process gets the terminal for all three."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+    terminal: int | None = None
+
+
+@dataclass
+class Held:
+    """A created container's first process, waiting for its release into execve."""
+
+    pid: int
+    start_w: int
+    report_r: int
+
+
+class BuiltinExecutor:
+    def __init__(self, bundle: str, spec: dict):
+        self.bundle = bundle
+        self.spec = spec
+        path = (spec.get("linux") or {}).get("cgroupsPath") or ""
+        self.cgroup = Cgroup(path) if path else None
+
+    # -- the shim's side --------------------------------------------------------
+
+    def create(self, stdio: Stdio) -> Held:
+        """Set the container up to just before execve and hold it there. Raises ExecutorError."""
+        if self.cgroup is not None:
+            self.cgroup.create()
+            resources = (self.spec.get("linux") or {}).get("resources")
+            if resources:
+                self.cgroup.apply(resources)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            _child(lambda: self._intermediate(stdio, report_w, start_r), report_w)
+        os.close(report_w)
+        os.close(start_r)
+        try:
+            _reap(pid)
+            messages = _read_report(report_r, until="ready")
+        except BaseException:
+            os.close(report_r)
+            os.close(start_w)
+            raise
+        return Held(int(messages["pid"]), start_w, report_r)
+
+    def start(self, held: Held) -> None:
+        """Release the held process into execve; raises StartError with execve's error."""
+        try:
+            os.write(held.start_w, b"go")
+            os.close(held.start_w)
+            _read_report(held.report_r, until=None)
+        except ExecutorError as e:
+            raise StartError(str(e)) from None
+        finally:
+            os.close(held.report_r)
+
+    def abandon(self, held: Held) -> None:
+        """Let go of a held process without starting it: it exits."""
+        for fd in (held.start_w, held.report_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def exec(self, init_pid: int, process: dict, stdio: Stdio) -> int:
+        """Run `process` in the namespaces and cgroup of the container whose first process is
+        `init_pid`; return its pid. Raises ExecutorError, including for an execve failure."""
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            _child(lambda: self._exec_intermediate(init_pid, process, stdio, report_w), report_w)
+        os.close(report_w)
+        try:
+            _reap(pid)
+            messages = _read_report(report_r, until=None)
+        finally:
+            os.close(report_r)
+        return int(messages["pid"])
+
+    # -- the children's side ----------------------------------------------------
+
+    def _intermediate(self, stdio: Stdio, report_w: int, start_r: int) -> None:
+        if self.cgroup is not None:
+            self.cgroup.add(os.getpid())
+        flags = 0
+        for ns in (self.spec.get("linux") or {}).get("namespaces") or ():
+            kind = ns["type"]
+            if kind not in linux.NAMESPACES:
+                raise ExecutorError(f"unknown namespace type {kind!r}")
+            if kind == "user":
+                raise ExecutorError("user namespaces are not supported by the built-in executor")
+            if ns.get("path"):
+                linux.setns(ns["path"], linux.NAMESPACES[kind][0])
+            else:
+                flags |= linux.NAMESPACES[kind][0]
+        if flags:
+            linux.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            _child(lambda: self._init(stdio, report_w, start_r), report_w)
+        _say(report_w, f"pid {pid}")
+
+    def _init(self, stdio: Stdio, report_w: int, start_r: int) -> None:
+        spec = self.spec
+        proc = spec.get("process") or {}
+        lin = spec.get("linux") or {}
+        new_ns = {ns["type"] for ns in lin.get("namespaces") or () if not ns.get("path")}
+        _become_session_leader(stdio)
+        if "mount" in new_ns:
+            self._build_rootfs(stdio)
+        if "uts" in new_ns and spec.get("hostname"):
+            linux.sethostname(spec["hostname"])
+        for key, value in (lin.get("sysctl") or {}).items():
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        _set_oom_score_adj(proc.get("oomScoreAdj"))
+        _set_rlimits(proc.get("rlimits"))
+        _enter_cwd(proc.get("cwd") or "/")
+        _install_stdio(stdio, keep={report_w, start_r})
+        _become_user(proc)
+        _say(report_w, "ready")
+        go = os.read(start_r, 2)
+        if go != b"go":
+            os._exit(0)  # the container was removed before it started
+        _execve(proc, report_w)
+
+    def _build_rootfs(self, stdio: Stdio) -> None:
+        spec = self.spec
+        lin = spec.get("linux") or {}
+        root = spec.get("root") or {}
+        rootfs = os.path.join(self.bundle, root.get("path") or "rootfs")
+        propagation = mounts.parse_options([lin.get("rootfsPropagation") or "rslave"])[1]
+        linux.mount(None, "/", None, propagation)
+        linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
+        binds = None
+        if self.cgroup is not None:
+            binds = v1_mount_sources(self.cgroup.path)
+        dev_is_tmpfs = False
+        for m in spec.get("mounts") or ():
+            mounts.mount_one(rootfs, m, binds)
+            dev_is_tmpfs |= m["destination"] == "/dev" and m.get("type") == "tmpfs"
+        if dev_is_tmpfs:
+            mounts.create_devices(rootfs, lin.get("devices"))
+        if stdio.terminal is not None:
+            mounts.bind_console(rootfs, os.ttyname(stdio.terminal))
+        mounts.pivot(rootfs)
+        mounts.mask(lin.get("maskedPaths"))
+        mounts.make_readonly(lin.get("readonlyPaths"))
+        if root.get("readonly"):
+            mounts.remount_root_readonly()
+
+    def _exec_intermediate(self, init_pid: int, process: dict, stdio: Stdio, report_w: int) -> None:
+        if self.cgroup is not None:
+            self.cgroup.add(os.getpid())
+        fds = []
+        for ns in _EXEC_NAMESPACES:
+            path = f"/proc/{init_pid}/ns/{ns}"
+            if os.readlink(path) != os.readlink(f"/proc/self/ns/{ns}"):
+                fds.append((ns, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+        for ns, fd in fds:
+            linux.setns(f"/proc/self/fd/{fd}")
+            os.close(fd)
+        pid = os.fork()
+        if pid == 0:
+            _child(lambda: self._exec_process(process, stdio, report_w), report_w)
+        _say(report_w, f"pid {pid}")
+
+    def _exec_process(self, process: dict, stdio: Stdio, report_w: int) -> None:
+        _become_session_leader(stdio)
+        _enter_cwd(process.get("cwd") or "/", create=False)
+        _install_stdio(stdio, keep={report_w})
+        _set_rlimits(process.get("rlimits"))
+        _become_user(process)
+        _execve(process, report_w)
+
+
+# -- steps of a child's set-up ---------------------------------------------------
+
+
+def _child(body, report_w: int) -> None:
+    """Run `body` in a forked child and exit; an error is reported, never raised into the shim's code."""
+    try:
+        body()
+        code = 0
+    except BaseException as e:  # anything that escapes must become a report, not a second shim
+        try:
+            _say(report_w, f"error {_describe(e)}")
+        except OSError:
+            pass
+        code = 1
+    os._exit(code)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror and not str(e).startswith("["):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
+    return str(e) or type(e).__name__
+
+
+def _say(fd: int, message: str) -> None:
+    os.write(fd, message.replace("\n", " ").encode() + b"\n")
+
+
+def _reap(pid: int) -> None:
+    """Wait for an intermediate child, which exits as soon as it has forked."""
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def _read_report(fd: int, until: str | None) -> dict[str, str]:
+    """Read report lines until `until` arrives (or end of file when None).
+
+    An "error" line raises ExecutorError; end of file before `until` too.
+    """
+    got: dict[str, str] = {}
+    buf = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], REPORT_TIMEOUT)
+        if not ready:
+            raise ExecutorError(f"the container's process said nothing for {REPORT_TIMEOUT:.0f}s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            if until is not None:
+                raise ExecutorError("the container's process exited during set-up without saying why")
+            return got
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            key, _, value = line.decode(errors="replace").partition(" ")
+            if key == "error":
+                raise ExecutorError(value)
+            got[key] = value
+            if key == until:
+                return got
+
+
+def _become_session_leader(stdio: Stdio) -> None:
+    os.setsid()
+    if stdio.terminal is not None:
+        fcntl.ioctl(stdio.terminal, termios.TIOCSCTTY, 0)
+
+
+def _install_stdio(stdio: Stdio, keep: set[int]) -> None:
+    if stdio.terminal is not None:
+        targets = (stdio.terminal,) * 3
+    else:
+        targets = (stdio.stdin, stdio.stdout, stdio.stderr)
+    null = os.open("/dev/null", os.O_RDWR)
+    for target, fd in zip(targets, (0, 1, 2)):
+        os.dup2(null if target is None else target, fd)
+    linux.close_range(3, keep)
+
+
+def _set_oom_score_adj(value) -> None:
+    if value is None:
+        return
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except PermissionError:
+        # Lowering the score needs CAP_SYS_RESOURCE; without it the container
+        # keeps the score it inherited, as containerd's restrict_oom_score_adj does.
+        pass
+
+
+def _set_rlimits(rlimits) -> None:
+    for r in rlimits or ():
+        kind = _RLIMITS.get(r["type"])
+        if kind is None:
+            raise ExecutorError(f"unknown rlimit {r['type']!r}")
+        resource.setrlimit(kind, (r["soft"], r["hard"]))
+
+
+def _enter_cwd(cwd: str, create: bool = True) -> None:
+    if create:
+        os.makedirs(cwd, mode=0o755, exist_ok=True)
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise ExecutorError(f"cannot enter working directory {cwd}: {e.strerror}") from None
+
+
+def _become_user(proc: dict) -> None:
+    """Switch to the process's user and groups keeping exactly the capabilities the spec names."""
+    user = proc.get("user") or {}
+    capabilities = proc.get("capabilities")
+    if capabilities is not None:
+        bounding = caps.mask(capabilities.get("bounding"))
+        for cap in range(linux.last_cap() + 1):
+            if not bounding & (1 << cap):
+                linux.prctl(linux.PR_CAPBSET_DROP, cap)
+    linux.prctl(linux.PR_SET_KEEPCAPS, 1)
+    os.setgroups([int(g) for g in user.get("additionalGids") or ()])
+    os.setgid(int(user.get("gid", 0)))
+    os.setuid(int(user.get("uid", 0)))
+    linux.prctl(linux.PR_SET_KEEPCAPS, 0)
+    if capabilities is not None:
+        linux.capset(caps.mask(capabilities.get("effective")), caps.mask(capabilities.get("permitted")),
+                     caps.mask(capabilities.get("inheritable")))
+        for name in capabilities.get("ambient") or ():
+            linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_RAISE, caps.number(name))
+    if user.get("umask") is not None:
+        os.umask(int(user["umask"]))
+    if proc.get("noNewPrivileges"):
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _execve(proc: dict, report_w: int) -> None:
+    args = proc.get("args") or []
+    if not args:
+        raise ExecutorError("the process has no args: nothing to execute")
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.get("env") or ())
+    try:
+        os.execvpe(args[0], args, env)
+    except FileNotFoundError:
+        where = "" if "/" in args[0] else " in $PATH"
+        raise ExecutorError(f'exec: "{args[0]}": executable file not found{where}') from None
+    except PermissionError:
+        raise ExecutorError(f'exec: "{args[0]}": permission denied') from None
+    except OSError as e:
+        raise ExecutorError(f'exec: "{args[0]}": {e.strerror}') from None
