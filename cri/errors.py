@@ -11,6 +11,7 @@ import logging
 
 import grpc
 
+from cri.shims import ShimError
 from image.content import ContentError
 from image.manifest import ManifestError
 from image.reference import ReferenceError
@@ -25,6 +26,26 @@ class InvalidArgument(ValueError):
     """A request field holds a value Cricket cannot act on; the message names the field."""
 
 
+class NotFound(LookupError):
+    """The sandbox, container or image a request names does not exist."""
+
+
+class AlreadyExists(Exception):
+    """A name or ID a request would take is already held; the message names the holder."""
+
+
+class FailedPrecondition(Exception):
+    """The object exists but is in the wrong state for the request (e.g. start of a running container)."""
+
+
+class DeadlineExceeded(Exception):
+    """A command ran past the timeout the request gave it."""
+
+
+class RuntimeFailure(Exception):
+    """Running the container failed for a reason outside the request (an exec error, a mount refused)."""
+
+
 _REGISTRY_CODES = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
@@ -37,8 +58,16 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
     """The gRPC code for an expected error, or None for a bug."""
     if isinstance(exc, (InvalidArgument, ReferenceError)):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, ImageNotFound):
+    if isinstance(exc, (ImageNotFound, NotFound)):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, AlreadyExists):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(exc, FailedPrecondition):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, (RuntimeFailure, ShimError)):
+        return grpc.StatusCode.UNKNOWN
     if isinstance(exc, DigestMismatchError):
         return grpc.StatusCode.DATA_LOSS
     if isinstance(exc, RegistryError):

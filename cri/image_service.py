@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Callable
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
@@ -60,9 +61,11 @@ def to_cri_image(rec: ImageRecord) -> pb.Image:
 
 @answer_unimplemented
 class ImageService(pb_grpc.ImageServiceServicer):
-    def __init__(self, store: ImageStore, puller: Puller):
+    def __init__(self, store: ImageStore, puller: Puller, collect_garbage: Callable[[], None]):
         self._store = store
         self._puller = puller
+        # Collection must spare what pulls and containers hold, which only the daemon knows.
+        self._collect_garbage = collect_garbage
 
     @handle_errors
     async def PullImage(self, request, context):
@@ -106,7 +109,8 @@ class ImageService(pb_grpc.ImageServiceServicer):
 
     @handle_errors
     async def RemoveImage(self, request, context):
-        self._store.remove(request.image.image, self._puller.in_flight)
+        if self._store.remove(request.image.image):
+            self._collect_garbage()
         memory.trim()
         return pb.RemoveImageResponse()
 

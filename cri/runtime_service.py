@@ -1,16 +1,25 @@
-"""CRI RuntimeService: what the runtime is and whether it is ready.
-
-Pods and containers arrive with the next pieces of work; until then their calls
-answer UNIMPLEMENTED with the method's name.
-"""
+"""CRI RuntimeService: the servicer, made of one class per verb family (as containerd keeps one
+file per verb), over the shared Runtime. Calls not built yet answer UNIMPLEMENTED by name."""
 from __future__ import annotations
 
 import json
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
-from cri.config import Config
+from cri.container_create import ContainerCreate
+from cri.container_exec import ContainerExec
+from cri.container_log import ContainerLog
+from cri.container_remove import ContainerRemove
+from cri.container_start import ContainerStart
+from cri.container_stats import ContainerStats
+from cri.container_status import ContainerStatusVerbs
+from cri.container_stop import ContainerStop
 from cri.errors import handle_errors
+from cri.runtime import Runtime
+from cri.sandbox_remove import SandboxRemove
+from cri.sandbox_run import SandboxRun
+from cri.sandbox_status import SandboxStatusVerbs
+from cri.sandbox_stop import SandboxStop
 from cri.unimplemented import answer_unimplemented
 
 RUNTIME_NAME = "cricket"
@@ -20,9 +29,14 @@ KUBE_API_VERSION = "0.1.0"
 
 
 @answer_unimplemented
-class RuntimeService(pb_grpc.RuntimeServiceServicer):
-    def __init__(self, config: Config):
-        self._config = config
+class RuntimeService(
+    SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs,
+    ContainerCreate, ContainerStart, ContainerStop, ContainerRemove, ContainerStatusVerbs,
+    ContainerExec, ContainerLog, ContainerStats,
+    pb_grpc.RuntimeServiceServicer,
+):
+    def __init__(self, rt: Runtime):
+        self.rt = rt
 
     @handle_errors
     async def Version(self, request, context):
@@ -44,7 +58,7 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):
                 message="cricket has no pod network yet: CNI support is not built",
             ),
         ]
-        info = {"config": json.dumps(self._config.as_dict())} if request.verbose else {}
+        info = {"config": json.dumps(self.rt.config.as_dict())} if request.verbose else {}
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,

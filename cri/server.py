@@ -14,6 +14,8 @@ from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cri import memory
 from cri.config import Config
 from cri.image_service import ImageService
+from cri.recover import recover
+from cri.runtime import Runtime
 from cri.runtime_service import RuntimeService
 from image.pull import Puller
 from image.registry import HostConfig, RegistryClient
@@ -64,17 +66,21 @@ async def serve(config: Config) -> None:
 
     store = ImageStore(config.root_dir)
     store.snapshots.sweep()
-    store.collect_garbage()
     client = RegistryClient(
         registry_hosts(config),
         max_retries=config.image.pull_retries,
         timeout=config.image.pull_timeout_seconds,
     )
     puller = Puller(store, client, config.image.max_concurrent_downloads)
+    rt = Runtime(config, store)
+    rt.pull_leases = lambda: puller.in_flight
+    rt.zygote.start()
+    recover(rt)
+    rt.collect_image_garbage()
 
     server = grpc.aio.server()
-    pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(config), server)
-    pb_grpc.add_ImageServiceServicer_to_server(ImageService(store, puller), server)
+    pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(rt), server)
+    pb_grpc.add_ImageServiceServicer_to_server(ImageService(store, puller, rt.collect_image_garbage), server)
     # We hold the lock, so a socket file still there is a dead daemon's.
     try:
         os.unlink(config.socket)
@@ -100,6 +106,7 @@ async def serve(config: Config) -> None:
     log.info("stopping")
     await server.stop(STOP_GRACE_SECONDS)
     await client.aclose()
+    rt.close()
     store.close()
     try:
         os.unlink(config.socket)

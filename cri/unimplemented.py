@@ -10,9 +10,11 @@ def answer_unimplemented(cls):
     """Class decorator for a servicer: each method of its service that the class does not
     define answers UNIMPLEMENTED with a message naming it (the generated base class
     only says "Method not implemented!")."""
-    service = next(b.__name__ for b in cls.__mro__ if b.__name__.endswith("Servicer")).removesuffix("Servicer")
+    base = next(b for b in cls.__mro__ if b.__name__.endswith("Servicer"))
+    service = base.__name__.removesuffix("Servicer")
     for method in pb.DESCRIPTOR.services_by_name[service].methods:
-        if method.name not in cls.__dict__:
+        # Implemented anywhere above the generated base (the class or a mixin of it) counts.
+        if getattr(cls, method.name, None) is getattr(base, method.name, None):
             setattr(cls, method.name, _unimplemented(service, method.name))
     return cls
 

@@ -70,18 +70,19 @@ class ImageStore:
     def list(self) -> list[ImageRecord]:
         return self.metadata.images()
 
-    def remove(self, spec: str, in_flight: set[str] = frozenset()) -> None:
+    def remove(self, spec: str) -> bool:
         """Remove what `spec` names. A tag of an image that has other tags is only untagged;
-        an ID, a digest reference or the last tag removes the image and collects garbage."""
+        an ID, a digest reference or the last tag removes the image. True when an image
+        went, and its blobs and snapshots may be garbage now (collect_garbage says)."""
         try:
             rec, name = self.lookup(spec)
         except ImageNotFound:
-            return
+            return False
         if name is not None and name in rec.repo_tags and len(rec.repo_tags) > 1:
             self.metadata.remove_name(name)
-            return
+            return False
         self.metadata.remove_image(rec.id)
-        self.collect_garbage(in_flight)
+        return True
 
     def collect_garbage(self, in_flight: set[str] = frozenset()) -> None:
         """Delete blobs and snapshots that no image references.

@@ -77,11 +77,12 @@ def test_lookup_by_tag_digest_and_short_id(store):
 
 def test_removing_one_of_two_tags_only_untags(store):
     cfg = image(store, b'{"b":1}', ["docker.io/library/a:1", "docker.io/library/a:2"])
-    store.remove("a:1")
+    assert store.remove("a:1") is False  # nothing to collect
     rec = store.lookup(cfg)[0]
     assert rec.repo_tags == ["docker.io/library/a:2"]
     assert store.content.has(cfg)
-    store.remove("a:2")
+    assert store.remove("a:2") is True
+    store.collect_garbage()
     assert store.find(cfg) is None
     assert not store.content.has(cfg)
 
@@ -94,10 +95,12 @@ def test_gc_keeps_shared_snapshots_and_blobs(store):
     a = image(store, b'{"img":"a"}', ["docker.io/library/a:1"], top_a, [shared])
     image(store, b'{"img":"b"}', ["docker.io/library/b:1"], top_b, [shared])
     store.remove(a)
+    store.collect_garbage()
     assert store.snapshots.get(base) and store.snapshots.get(top_b)
     assert store.snapshots.get(top_a) is None
     assert store.content.has(shared)
     store.remove("b:1")
+    store.collect_garbage()
     assert store.metadata.snapshots() == []
     assert store.content.digests() == []
     assert os.listdir(store.snapshot_root) == []

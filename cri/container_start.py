@@ -1,0 +1,49 @@
+"""StartContainer: the shim releases the held process into execve."""
+from __future__ import annotations
+
+import logging
+import time
+
+from api.runtime.v1 import api_pb2 as pb
+from cri.errors import FailedPrecondition, RuntimeFailure, handle_errors
+from cri.records import CREATED, EXITED, RUNNING
+from cri.runtime import Container, Runtime
+from cri.shims import ShimError, ShimGone
+from shim.server import START_ERROR_EXIT_CODE
+
+log = logging.getLogger(__name__)
+
+
+async def start_container(rt: Runtime, c: Container) -> None:
+    async with c.lock:
+        rec = c.rec
+        if rec.state != CREATED:
+            raise FailedPrecondition(f"container {rec.id} is {rec.state}: only a created container can start")
+        try:
+            state = await c.shim.start()
+        except ShimGone:
+            rt.observe_exit(c)
+            raise RuntimeFailure(f"container {rec.id} cannot start: {rec.message}") from None
+        except ShimError as e:
+            # execve failed; the shim records the same, but the answer must not wait for it.
+            now = time.time_ns()
+            rec.state, rec.started_at, rec.finished_at = EXITED, now, now
+            rec.exit_code, rec.reason, rec.message = START_ERROR_EXIT_CODE, "StartError", str(e)
+            rt.save(c)
+            c.exited.set()
+            raise RuntimeFailure(f"failed to start container {rec.id}: {e}") from None
+        rec.state = RUNNING
+        rec.started_at = state.started_at
+        rt.save(c)
+        rt.watch(c)
+
+
+class ContainerStart:
+    rt: Runtime
+
+    @handle_errors
+    async def StartContainer(self, request, context):
+        c = self.rt.container(request.container_id)
+        await start_container(self.rt, c)
+        log.info("container %s started", c.id)
+        return pb.StartContainerResponse()

@@ -1,0 +1,181 @@
+"""ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: read from the cgroups.
+
+CPU use in nano-cores is a rate, so it is computed from the previous sample of
+the same cgroup; the first sample of a container has none.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from api.runtime.v1 import api_pb2 as pb
+from cri.errors import FailedPrecondition, handle_errors
+from cri.records import RUNNING
+from cri.runtime import Container, Runtime, Sandbox
+from shim.cgroups import Cgroup, CgroupNotFound
+
+
+def disk_usage(path: str) -> tuple[int, int]:
+    """Bytes (allocated blocks, as du counts them) and inodes under `path`."""
+    used = inodes = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [path]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                used += st.st_blocks * 512
+                inodes += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return used, inodes
+
+
+class _Rates:
+    """The previous CPU sample of each cgroup, to turn usage into a rate."""
+
+    def __init__(self):
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def nano_cores(self, key: str, now: int, usage: int) -> int | None:
+        prev = self._last.get(key)
+        self._last[key] = (now, usage)
+        if prev is None or now <= prev[0] or usage < prev[1]:
+            return None
+        return (usage - prev[1]) * 1_000_000_000 // (now - prev[0])
+
+    def forget(self, keys: set[str]) -> None:
+        for key in list(self._last):
+            if key not in keys:
+                del self._last[key]
+
+
+def _cpu_and_memory(rates: _Rates, path: str, now: int) -> tuple[pb.CpuUsage, pb.MemoryUsage, int]:
+    stats = Cgroup(path).stats()
+    cpu = pb.CpuUsage(timestamp=now)
+    cpu.usage_core_nano_seconds.value = stats.cpu_usage_ns
+    rate = rates.nano_cores(path, now, stats.cpu_usage_ns)
+    if rate is not None:
+        cpu.usage_nano_cores.value = rate
+    mem = pb.MemoryUsage(timestamp=now)
+    mem.working_set_bytes.value = stats.memory_working_set
+    mem.usage_bytes.value = stats.memory_usage
+    mem.rss_bytes.value = stats.memory_rss
+    mem.page_faults.value = stats.page_faults
+    mem.major_page_faults.value = stats.major_page_faults
+    if stats.memory_limit:
+        mem.available_bytes.value = max(0, stats.memory_limit - stats.memory_working_set)
+    return cpu, mem, stats.pids_current
+
+
+def container_stats(rt: Runtime, rates: _Rates, c: Container) -> pb.ContainerStats:
+    config = pb.ContainerConfig.FromString(c.rec.config)
+    now = time.time_ns()
+    out = pb.ContainerStats(attributes=pb.ContainerAttributes(
+        id=c.id, metadata=config.metadata, labels=config.labels, annotations=config.annotations))
+    path = (c.rec.spec.get("linux") or {}).get("cgroupsPath")
+    if path:
+        cpu, mem, _ = _cpu_and_memory(rates, path, now)
+        out.cpu.CopyFrom(cpu)
+        out.memory.CopyFrom(mem)
+    upper = os.path.join(rt.layout.container_dir(c.id), "upper")
+    used, inodes = disk_usage(upper)
+    out.writable_layer.timestamp = now
+    out.writable_layer.fs_id.mountpoint = upper
+    out.writable_layer.used_bytes.value = used
+    out.writable_layer.inodes_used.value = inodes
+    return out
+
+
+def sandbox_stats(rt: Runtime, rates: _Rates, s: Sandbox) -> pb.PodSandboxStats:
+    config = pb.PodSandboxConfig.FromString(s.rec.config)
+    now = time.time_ns()
+    out = pb.PodSandboxStats(attributes=pb.PodSandboxAttributes(
+        id=s.id, metadata=config.metadata, labels=config.labels, annotations=config.annotations))
+    try:
+        cpu, mem, pids = _cpu_and_memory(rates, s.rec.cgroup_parent, now)
+        out.linux.cpu.CopyFrom(cpu)
+        out.linux.memory.CopyFrom(mem)
+        out.linux.process.timestamp = now
+        out.linux.process.process_count.value = pids
+    except CgroupNotFound:
+        pass  # a stopped pod whose cgroup is gone has only its containers' stats
+    for c in rt.containers_of(s.id):
+        if c.rec.state == RUNNING:
+            try:
+                out.linux.containers.append(container_stats(rt, rates, c))
+            except CgroupNotFound:
+                pass  # exited a moment ago
+    return out
+
+
+def _labels_match(labels, selector) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+class ContainerStats:
+    rt: Runtime
+    _rates: _Rates | None = None
+
+    @property
+    def rates(self) -> _Rates:
+        if self._rates is None:
+            self._rates = _Rates()
+        return self._rates
+
+    @handle_errors
+    async def ContainerStats(self, request, context):
+        c = self.rt.container(request.container_id)
+        if c.rec.state != RUNNING or self.rt.observe_exit(c):
+            raise FailedPrecondition(f"container {c.id} is {c.rec.state}: stats come from running containers")
+        return pb.ContainerStatsResponse(stats=container_stats(self.rt, self.rates, c))
+
+    @handle_errors
+    async def ListContainerStats(self, request, context):
+        f = request.filter
+        out = []
+        for c in list(self.rt.containers.values()):
+            if c.rec.state != RUNNING or (f.id and not c.id.startswith(f.id)):
+                continue
+            if f.pod_sandbox_id and not c.rec.sandbox_id.startswith(f.pod_sandbox_id):
+                continue
+            if f.label_selector and not _labels_match(pb.ContainerConfig.FromString(c.rec.config).labels,
+                                                      f.label_selector):
+                continue
+            try:
+                out.append(container_stats(self.rt, self.rates, c))
+            except CgroupNotFound:
+                continue
+        return pb.ListContainerStatsResponse(stats=out)
+
+    @handle_errors
+    async def PodSandboxStats(self, request, context):
+        s = self.rt.sandbox(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=sandbox_stats(self.rt, self.rates, s))
+
+    @handle_errors
+    async def ListPodSandboxStats(self, request, context):
+        f = request.filter
+        out = []
+        for s in list(self.rt.sandboxes.values()):
+            if f.id and not s.id.startswith(f.id):
+                continue
+            if f.label_selector and not _labels_match(pb.PodSandboxConfig.FromString(s.rec.config).labels,
+                                                      f.label_selector):
+                continue
+            out.append(sandbox_stats(self.rt, self.rates, s))
+        self.rates.forget({(c.rec.spec.get("linux") or {}).get("cgroupsPath", "") for c in self.rt.containers.values()}
+                          | {s.rec.cgroup_parent for s in self.rt.sandboxes.values()})
+        return pb.ListPodSandboxStatsResponse(stats=out)

@@ -1,0 +1,242 @@
+"""From a CRI container config and an image config to an OCI runtime spec.
+
+The semantics are Docker's and containerd's: command/args against the image's
+Entrypoint/Cmd, the image's env then the config's, the working dir, the user
+from the security context or the image, the sandbox's files mounted in, image
+volumes, default mounts and devices, and the default capability set.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+
+from api.runtime.v1 import api_pb2 as pb
+from cri.errors import InvalidArgument
+from shim import caps
+from shim.mounts import secure_join
+
+OCI_VERSION = "1.1.0"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# containerd's default capability set for CRI containers.
+DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/sys/devices/virtual/powercap", "/proc/scsi",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+_DEFAULT_MOUNTS = (
+    ("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
+    ("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+    ("/dev/pts", "devpts", "devpts", ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+    ("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+    ("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
+    ("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", "relatime", "ro"]),
+)
+# The device cgroup: everything denied, then what every container may use.
+_DEVICE_RULES = [
+    {"allow": False, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},    # null
+    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},    # zero
+    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},    # full
+    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},    # random
+    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},    # urandom
+    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},    # tty
+    {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},    # console
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},    # ptmx
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},               # pts/*
+]
+
+
+
+def device_rules(privileged: bool) -> list[dict]:
+    """The device cgroup rules: a privileged container may use every device."""
+    if privileged:
+        return [{"allow": True, "access": "rwm"}]
+    return [dict(rule) for rule in _DEVICE_RULES]
+
+
+_PROPAGATION = {
+    pb.PROPAGATION_PRIVATE: "rprivate",
+    pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+    pb.PROPAGATION_BIDIRECTIONAL: "rshared",
+}
+
+
+def process_args(config: pb.ContainerConfig, image: dict) -> list[str]:
+    """Docker's rule: a command replaces the entrypoint and the image's Cmd; args alone replace Cmd."""
+    entrypoint = list(image.get("Entrypoint") or [])
+    cmd = list(image.get("Cmd") or [])
+    if config.command:
+        entrypoint, cmd = list(config.command), []
+    if config.args:
+        cmd = list(config.args)
+    args = entrypoint + cmd
+    if not args:
+        raise InvalidArgument("container has no command: neither the config nor the image gives one")
+    return args
+
+
+def environment(config: pb.ContainerConfig, image: dict, hostname: str) -> list[str]:
+    """The image's env, then the config's (a later key wins); PATH defaults as in Docker."""
+    env: dict[str, str] = {}
+    # Values are bytes in the CRI; surrogateescape carries any byte through to execve unchanged.
+    given = (f"{e.key}={e.value.decode('utf-8', 'surrogateescape')}" for e in config.envs)
+    for item in [f"HOSTNAME={hostname}", *(image.get("Env") or []), *given]:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env.setdefault("PATH", DEFAULT_PATH.split("=", 1)[1])
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+# -- users ---------------------------------------------------------------------------
+
+
+def _read_db(rootfs: str, path: str) -> list[list[str]]:
+    try:
+        with open(secure_join(rootfs, path), errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return []
+
+
+def resolve_user(rootfs: str, user: str, group: int | None, supplemental: list[int]) -> dict:
+    """An OCI "user" from a Docker user string (uid, name, uid:gid, name:group), looked up in
+    the container's own /etc/passwd and /etc/group."""
+    name, _, grp = user.partition(":")
+    passwd = _read_db(rootfs, "/etc/passwd")
+    groups = _read_db(rootfs, "/etc/group")
+    uid = gid = None
+    username = ""
+    entry = None
+    if name.isdigit():
+        uid = int(name)
+        entry = next((e for e in passwd if len(e) > 3 and e[2] == name), None)
+    elif name:
+        entry = next((e for e in passwd if e[0] == name and len(e) > 3), None)
+        if entry is None:
+            raise InvalidArgument(f"user {name!r} is not in the image's /etc/passwd")
+    if entry is not None:
+        username = entry[0]
+        uid = int(entry[2])
+        gid = int(entry[3]) if entry[3].isdigit() else 0
+    if grp:
+        if grp.isdigit():
+            gid = int(grp)
+        else:
+            g = next((e for e in groups if e[0] == grp and len(e) > 2), None)
+            if g is None:
+                raise InvalidArgument(f"group {grp!r} is not in the image's /etc/group")
+            gid = int(g[2])
+    if group is not None:
+        gid = group
+    uid = uid or 0
+    gid = gid or 0
+    extra: list[int] = []
+    if username:
+        # The groups /etc/group lists the user in, as Docker and containerd add them.
+        for g in groups:
+            if len(g) > 3 and username in g[3].split(",") and g[2].isdigit():
+                extra.append(int(g[2]))
+    for g in supplemental:
+        extra.append(g)
+    # The primary group is a supplementary one too, as containerd sets it since the fix for
+    # GHSA-hmfx-3pcx-653p: otherwise a process that changes its gid keeps no trace of it.
+    return {"uid": uid, "gid": gid, "additionalGids": sorted({gid, *extra})}
+
+
+def user_string(ctx: pb.LinuxContainerSecurityContext, image: dict) -> tuple[str, int | None]:
+    """The user to resolve and an explicit group: the security context wins over the image."""
+    group = ctx.run_as_group.value if ctx.HasField("run_as_group") else None
+    if ctx.run_as_username:
+        return ctx.run_as_username, group
+    if ctx.HasField("run_as_user"):
+        return str(ctx.run_as_user.value), group
+    image_user = image.get("User") or ""
+    if group is not None:
+        image_user = image_user.split(":", 1)[0]  # the explicit group replaces the image's
+    return image_user or "0", group
+
+
+# -- capabilities --------------------------------------------------------------------
+
+
+def capabilities(ctx: pb.LinuxContainerSecurityContext) -> list[str]:
+    """The default set changed by the context, in containerd's order: "ALL" added, "ALL"
+    dropped, then single adds, then single drops (so ALL minus one, or none plus one, work)."""
+    add = [_cap_name(c) for c in ctx.capabilities.add_capabilities]
+    drop = [_cap_name(c) for c in ctx.capabilities.drop_capabilities]
+    have = list(DEFAULT_CAPS)
+    if "ALL" in add:
+        have = list(caps.NAMES)
+    if "ALL" in drop:
+        have = []
+    have += [c for c in add if c != "ALL" and c not in have]
+    return [c for c in have if c not in drop]
+
+
+def _cap_name(name: str) -> str:
+    upper = name.upper()
+    if upper == "ALL":
+        return "ALL"
+    full = upper if upper.startswith("CAP_") else "CAP_" + upper
+    if full not in caps.NUMBERS:
+        raise InvalidArgument(f"unknown capability {name!r}")
+    return full
+
+
+# -- mounts ----------------------------------------------------------------------------
+
+
+def _depth(path: str) -> int:
+    return len([p for p in posixpath.normpath(path).split("/") if p])
+
+
+def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: list[tuple[str, str]]) -> list[dict]:
+    """Default mounts, then the CRI's and the sandbox's, shallow before deep so none hides another.
+
+    A CRI mount wins over a sandbox file or volume at the same place, and over
+    a default one; a CRI mount of /dev replaces everything under /dev.
+    """
+    cri = list(config.mounts)
+    taken = {posixpath.normpath(m.container_path) for m in cri}
+    extra = [m for m in sandbox_files if posixpath.normpath(m.container_path) not in taken]
+    taken |= {posixpath.normpath(m.container_path) for m in extra}
+    binds = []
+    for m in cri + extra:
+        if not m.container_path.startswith("/"):
+            raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
+        if not m.host_path:
+            raise InvalidArgument(f"mount of {m.container_path} has no host_path")
+        if not os.path.exists(m.host_path):
+            os.makedirs(m.host_path, mode=0o755, exist_ok=True)  # what kubelet expects, and containerd does
+        source = os.path.realpath(m.host_path)
+        options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw"]
+        binds.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
+    for dest, source in volumes:
+        if posixpath.normpath(dest) not in taken:
+            binds.append({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate", "rw"]})
+    binds.sort(key=lambda m: _depth(m["destination"]))
+    defaults = []
+    dev_given = "/dev" in taken
+    for dest, kind, source, options in _DEFAULT_MOUNTS:
+        if dest in taken or (dev_given and dest.startswith("/dev/")):
+            continue
+        defaults.append({"destination": dest, "type": kind, "source": source, "options": list(options)})
+    return defaults + binds
+
+
+def root_propagation(all_mounts: list[dict]) -> str | None:
+    """rshared if a mount is bidirectional, rslave if one wants host-to-container; else the
+    executor's default (rslave, as runc's)."""
+    options = {o for m in all_mounts for o in m.get("options", ())}
+    if "rshared" in options:
+        return "rshared"
+    if "rslave" in options:
+        return "rslave"
+    return None

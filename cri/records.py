@@ -1,0 +1,144 @@
+"""Pod sandbox and container records, kept in SQLite under the root dir.
+
+A record is written whole, as JSON, in one statement; names are unique columns,
+so two requests for one name cannot both win. The CRI configs are kept as
+serialized protobuf, so that status answers echo exactly what was asked for.
+
+WAL with synchronous=NORMAL: a committed record survives the daemon being
+killed at any moment (which is what a restart must survive); only a power loss
+could take the last commits, and after a reboot every container is exited anyway.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field, fields
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    name TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
+"""
+
+SANDBOX_READY, SANDBOX_NOTREADY = "ready", "notready"
+CREATED, RUNNING, EXITED, UNKNOWN = "created", "running", "exited", "unknown"
+
+
+class NameInUse(Exception):
+    def __init__(self, name: str, holder: str):
+        super().__init__(name, holder)
+        self.name = name
+        self.holder = holder
+
+
+@dataclass
+class SandboxRecord:
+    id: str
+    name: str
+    config: bytes  # PodSandboxConfig, serialized
+    runtime_handler: str
+    created_at: int  # unix ns
+    state: str = SANDBOX_READY
+    netns: str = ""  # pinned network namespace; "" on the host's network
+    ipcns: str = ""
+    utsns: str = ""
+    shm: str = ""  # the pod's /dev/shm tmpfs; "" when it uses the host's IPC
+    pod_init_pid: int = 0  # holder of the pod's PID namespace, when its containers share one
+    pod_init_start: int = 0  # its start time, so a recycled pid is not mistaken for it
+    cgroup_parent: str = ""
+    own_cgroup_parent: bool = False  # made by Cricket, so removed with the pod
+    hostname: str = ""
+    ips: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContainerRecord:
+    id: str
+    sandbox_id: str
+    name: str
+    config: bytes  # ContainerConfig, serialized
+    image_id: str
+    image_name: str  # as the config named it
+    chain_id: str  # the image snapshot the rootfs stacks on: kept from image GC while we exist
+    log_path: str
+    created_at: int
+    spec: dict = field(default_factory=dict)  # the OCI runtime spec
+    state: str = CREATED
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    shim_pid: int = 0
+    pid: int = 0  # the container's first process on the host
+    pid_start: int = 0
+
+
+def _encode(rec) -> str:
+    doc = asdict(rec)
+    doc["config"] = base64.b64encode(rec.config).decode()
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _decode(cls, text: str):
+    doc = json.loads(text)
+    doc["config"] = base64.b64decode(doc["config"])
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+class RecordStore:
+    def __init__(self, path: str):
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _insert(self, table: str, rec, extra: tuple = ()) -> None:
+        cols = "id, name, record" if not extra else "id, sandbox_id, name, record"
+        marks = ", ".join("?" * (3 + len(extra)))
+        try:
+            self._db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})",
+                             (rec.id, *extra, rec.name, _encode(rec)))
+        except sqlite3.IntegrityError:
+            row = self._db.execute(f"SELECT id FROM {table} WHERE name=?", (rec.name,)).fetchone()
+            if row is None:
+                raise
+            raise NameInUse(rec.name, row[0]) from None
+
+    def add_sandbox(self, rec: SandboxRecord) -> None:
+        """Record a new sandbox; NameInUse if its name is held."""
+        self._insert("sandboxes", rec)
+
+    def add_container(self, rec: ContainerRecord) -> None:
+        self._insert("containers", rec, (rec.sandbox_id,))
+
+    def update_sandbox(self, rec: SandboxRecord) -> None:
+        self._db.execute("UPDATE sandboxes SET record=? WHERE id=?", (_encode(rec), rec.id))
+
+    def update_container(self, rec: ContainerRecord) -> None:
+        self._db.execute("UPDATE containers SET record=? WHERE id=?", (_encode(rec), rec.id))
+
+    def remove_sandbox(self, sandbox_id: str) -> None:
+        self._db.execute("DELETE FROM sandboxes WHERE id=?", (sandbox_id,))
+
+    def remove_container(self, container_id: str) -> None:
+        self._db.execute("DELETE FROM containers WHERE id=?", (container_id,))
+
+    def sandboxes(self) -> list[SandboxRecord]:
+        return [_decode(SandboxRecord, r[0]) for r in self._db.execute("SELECT record FROM sandboxes")]
+
+    def containers(self) -> list[ContainerRecord]:
+        return [_decode(ContainerRecord, r[0]) for r in self._db.execute("SELECT record FROM containers")]

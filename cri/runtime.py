@@ -1,0 +1,197 @@
+"""The runtime's live state: every sandbox and container, over their records.
+
+Each object has a lock: calls on one container (a stop and a remove, say) run
+one after the other, calls on different ones run side by side. A running
+container is watched through a wait on its shim, so its exit is recorded as
+soon as it happens; a shim that vanishes without an exit file is a dead shim.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cri.config import Config
+from cri.errors import NotFound
+from cri.layout import Layout
+from cri.records import EXITED, ContainerRecord, RecordStore, SandboxRecord
+from cri.shims import ShimClient, ShimError, ShimGone, Zygote
+from image.store import ImageStore
+
+log = logging.getLogger(__name__)
+
+# What containerd reports for a container whose end nobody saw.
+UNKNOWN_EXIT_CODE = 255
+UNKNOWN_EXIT_REASON = "Unknown"
+
+
+def proc_start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (with its pid, an identity), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name may hold spaces and parens: fields resume after the last ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def alive(pid: int, start: int) -> bool:
+    return pid > 0 and start > 0 and proc_start_time(pid) == start
+
+
+def read_exit_file(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # never half-written (it is renamed into place), so this is damage: treat as absent
+
+
+@dataclass
+class Sandbox:
+    rec: SandboxRecord
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def id(self) -> str:
+        return self.rec.id
+
+
+@dataclass
+class Container:
+    rec: ContainerRecord
+    shim: ShimClient
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    watcher: asyncio.Task | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.rec.id
+
+
+class Runtime:
+    def __init__(self, config: Config, images: ImageStore):
+        self.config = config
+        self.layout = Layout(config.root_dir, config.state_dir)
+        self.records = RecordStore(self.layout.records)
+        self.images = images
+        self.zygote = Zygote(config.state_dir)
+        self.sandboxes: dict[str, Sandbox] = {}
+        self.containers: dict[str, Container] = {}
+        # Digests and chain IDs that running pulls hold (set by the daemon's wiring).
+        self.pull_leases: Callable[[], set[str]] = set
+
+    def close(self) -> None:
+        for c in self.containers.values():
+            if c.watcher is not None:
+                c.watcher.cancel()
+        self.zygote.stop()
+        self.records.close()
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def sandbox(self, ident: str) -> Sandbox:
+        """The sandbox with this ID (or unique ID prefix, as crictl users type); NotFound otherwise."""
+        return _find(self.sandboxes, ident, "pod sandbox")
+
+    def container(self, ident: str) -> Container:
+        return _find(self.containers, ident, "container")
+
+    def containers_of(self, sandbox_id: str) -> list[Container]:
+        return [c for c in self.containers.values() if c.rec.sandbox_id == sandbox_id]
+
+    def chain_ids_in_use(self) -> set[str]:
+        """Image snapshots that containers stack on: image GC must keep them."""
+        return {c.rec.chain_id for c in self.containers.values() if c.rec.chain_id}
+
+    def collect_image_garbage(self) -> None:
+        self.images.collect_garbage(self.pull_leases() | self.chain_ids_in_use())
+
+    # -- containers ------------------------------------------------------------------
+
+    def add_container(self, rec: ContainerRecord) -> Container:
+        c = Container(rec, ShimClient(self.layout.shim_socket(rec.id)))
+        self.containers[rec.id] = c
+        if rec.state == EXITED:
+            c.exited.set()
+        return c
+
+    def watch(self, c: Container) -> None:
+        """Record the container's exit as soon as its shim reports it."""
+        if c.watcher is None or c.watcher.done():
+            c.watcher = asyncio.get_running_loop().create_task(self._watch(c))
+
+    async def _watch(self, c: Container) -> None:
+        try:
+            await c.shim.wait()
+        except ShimGone:
+            pass  # the exit file, or its absence, tells what happened
+        except ShimError as e:
+            log.warning("waiting for container %s: %s", c.id, e)
+        self.observe_exit(c)
+
+    def observe_exit(self, c: Container) -> bool:
+        """If the container has ended, record how; True when it has.
+
+        The exit file is the shim's word. A container whose shim is gone without
+        one is exited with an unknown status, and any process of it still alive
+        is killed: nobody would ever reap or report it.
+        """
+        rec = c.rec
+        if rec.state == EXITED:
+            return True
+        data = read_exit_file(self.layout.exit_file(rec.id))
+        if data is None:
+            if self._shim_alive(c):
+                return False
+            if alive(rec.pid, rec.pid_start):
+                os.kill(rec.pid, signal.SIGKILL)
+            rec.exit_code = UNKNOWN_EXIT_CODE
+            rec.reason = UNKNOWN_EXIT_REASON
+            rec.message = "the container's shim is gone and left no exit status (it died, or the state dir was wiped)"
+            rec.finished_at = rec.finished_at or time.time_ns()
+        else:
+            rec.exit_code = int(data.get("exit_code", UNKNOWN_EXIT_CODE))
+            rec.finished_at = int(data.get("finished_at") or time.time_ns())
+            rec.started_at = rec.started_at or int(data.get("started_at") or 0)
+            rec.reason = data.get("reason") or ("Completed" if rec.exit_code == 0 else "Error")
+            rec.message = data.get("message") or ""
+        rec.state = EXITED
+        self.records.update_container(rec)
+        c.exited.set()
+        return True
+
+    def _shim_alive(self, c: Container) -> bool:
+        return c.rec.shim_pid > 0 and proc_start_time(c.rec.shim_pid) is not None \
+            and os.path.exists(c.shim.socket)
+
+    def save(self, obj: Sandbox | Container) -> None:
+        if isinstance(obj, Sandbox):
+            self.records.update_sandbox(obj.rec)
+        else:
+            self.records.update_container(obj.rec)
+
+
+def _find(table: dict, ident: str, what: str):
+    if not ident:
+        raise NotFound(f"no {what} ID given")
+    obj = table.get(ident)
+    if obj is not None:
+        return obj
+    matches = [o for key, o in table.items() if key.startswith(ident)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise NotFound(f"{what} ID prefix {ident!r} is ambiguous: it matches {len(matches)}")
+    raise NotFound(f"{what} {ident!r} not found")
+
