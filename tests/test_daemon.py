@@ -46,9 +46,9 @@ def test_runtime_config_says_cgroupfs(daemon):
 
 def test_unbuilt_methods_answer_unimplemented_by_name(daemon):
     with pytest.raises(grpc.RpcError) as e:
-        daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest())
+        daemon.runtime.CheckpointContainer(pb.CheckpointContainerRequest())
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "RunPodSandbox" in e.value.details()
+    assert "CheckpointContainer" in e.value.details()
     events = daemon.runtime.GetContainerEvents(pb.GetEventsRequest())
     with pytest.raises(grpc.RpcError) as e:
         next(iter(events))
