@@ -1,13 +1,11 @@
 """One request per connection over a unix socket: a frame each way, file descriptors alongside.
 
-asyncio's streams cannot carry descriptors, so the asynchronous side reads with
-recvmsg when the loop says the socket is readable. The zygote, which serves
-one request at a time, uses the blocking forms.
+The zygote and the shims serve; cricketd's asynchronous client is in cri/shims.py.
+Nothing here imports asyncio: every module the zygote loads is in every shim.
 """
 from __future__ import annotations
 
 import array
-import asyncio
 import contextlib
 import os
 import socket
@@ -49,7 +47,7 @@ def _take_fds(ancdata) -> list[int]:
     return fds
 
 
-def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     data, ancdata, _flags, _addr = sock.recvmsg(_CHUNK, socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize))
     fds = _take_fds(ancdata)
     for fd in fds:
@@ -57,63 +55,10 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
-async def read_frame(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """Read one frame from a non-blocking socket; returns the payload and any descriptors sent with it."""
-    loop = asyncio.get_running_loop()
-    reader = FrameReader()
-    fds: list[int] = []
-    while True:
-        try:
-            data, got = _recv(sock)
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(sock.fileno())
-            continue
-        fds.extend(got)
-        if not data:
-            for fd in fds:
-                os.close(fd)
-            raise ChannelClosed("connection closed before a whole frame arrived")
-        frames = reader.feed(data)
-        if frames:
-            return frames[0], fds
-
-
-async def write_frame(sock: socket.socket, payload: bytes, fds=()) -> None:
-    loop = asyncio.get_running_loop()
-    frame = encode(payload)
-    if fds:
-        # The descriptors ride on the first byte; a unix socket's buffer always takes one.
-        socket.send_fds(sock, [frame[:1]], list(fds))
-        frame = frame[1:]
-    await loop.sock_sendall(sock, frame)
-
-
-async def call(path: str, payload: bytes, fds=()) -> bytes:
-    """Send one request to the server at `path` and return its answer."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    try:
-        with reachable(path) as name:
-            await loop.sock_connect(sock, name)
-        await write_frame(sock, payload, fds)
-        answer, extra = await read_frame(sock)
-        for fd in extra:
-            os.close(fd)
-        return answer
-    finally:
-        sock.close()
-
-
 def read_frame_blocking(sock: socket.socket) -> bytes:
     reader = FrameReader()
     while True:
-        data, fds = _recv(sock)
+        data, fds = recv(sock)
         for fd in fds:
             os.close(fd)
         if not data:

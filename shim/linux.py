@@ -127,6 +127,12 @@ def set_name(name: str) -> None:
     _libc.prctl(PR_SET_NAME, ctypes.cast(raw, ctypes.c_void_p).value or 0, 0, 0, 0)
 
 
+def name() -> str:
+    """The calling process's name, as set_name left it."""
+    with open("/proc/self/comm") as f:
+        return f.read().strip()
+
+
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 

@@ -6,32 +6,48 @@ CRI log; reaps the container (and its exec processes) as a child subreaper;
 records the exit in an exit file written atomically; and answers cricketd on
 its own unix socket. Once the container has exited and its output is drained,
 the exit file says everything and the shim exits.
+
+There is one shim per container, so its memory counts many times over: it is a
+plain selectors loop, not asyncio, and writes its few diagnostics itself, not
+through logging (each would cost a forked shim over half a megabyte of pages
+of its own).
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
-import logging
 import os
+import selectors
 import signal
 import socket
 import time
+import traceback
 
 from api.shim.v1 import shim_pb2 as pb
-from shim import channel, linux
+from shim import linux
 from shim.builtin import BuiltinExecutor, ExecutorError, Held, StartError, Stdio
+from shim.channel import MAX_FDS
 from shim.cri_log import DEFAULT_LINE_MAX, LogFormatter
-
-log = logging.getLogger("shim")
+from shim.framing import FrameError, FrameReader, encode
 
 # After the container exits, output still in flight (or held by a process that
 # escaped into a shared PID namespace) gets this long to drain.
 DRAIN_SECONDS = 2.0
 # A shim whose container failed to be created waits this long for cricketd to hear why.
 CREATE_ERROR_LINGER = 60.0
+# How long answers in flight get when the shim is done.
+ANSWER_SECONDS = 1.0
 # Exit status of a container whose process could not be executed (as Docker and containerd report it).
 START_ERROR_EXIT_CODE = 128
+_READ = 64 * 1024
+
+
+def diag(message: str) -> None:
+    """A line in this process's own log: its stderr (the shim log for a shim, cricketd's for the zygote)."""
+    try:
+        os.write(2, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {linux.name()} {os.getpid()}: {message}\n".encode())
+    except OSError:
+        pass
 
 
 def write_exit_file(path: str, record: dict) -> None:
@@ -53,12 +69,12 @@ class _Output:
 
     def on_readable(self) -> None:
         try:
-            data = os.read(self.fd, 64 * 1024)
+            data = os.read(self.fd, _READ)
         except BlockingIOError:
             return
         except OSError as e:
             if e.errno != errno.EIO:  # EIO: the terminal's other side is closed
-                log.warning("reading container output: %s", e)
+                diag(f"reading container output: {e}")
             data = b""
         if data:
             self.shim.write_log(self.formatter.feed(data))
@@ -69,16 +85,35 @@ class _Output:
         if not self.open:
             return
         self.open = False
-        asyncio.get_running_loop().remove_reader(self.fd)
+        self.shim.sel.unregister(self.fd)
         self.shim.write_log(self.formatter.finish())
         os.close(self.fd)
         self.shim.output_closed()
+
+
+class _Conn:
+    """One request from cricketd: its bytes and descriptors until a whole frame is in."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = FrameReader()
+        self.fds: list[int] = []
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+        self.sock.close()
 
 
 class Shim:
     def __init__(self, args: pb.SpawnShim, listener: socket.socket):
         self.args = args
         self.listener = listener
+        self.sel = selectors.DefaultSelector()
         self.state = pb.State(status=pb.CREATING, created_at=time.time_ns())
         self.create_error = ""
         self.start_error = ""
@@ -87,12 +122,14 @@ class Shim:
         self.outputs: list[_Output] = []
         self.stdin_w: int | None = None
         self.log_fd: int | None = None
-        self.exited: asyncio.Event | None = None  # made inside the loop
         self.exec_pids: dict[str, int] = {}
         self.statuses: dict[int, int] = {}  # reaped pid -> exit code
-        self.exit_waiters: dict[int, list[asyncio.Future]] = {}
+        self.exec_waiters: dict[int, list[_Conn]] = {}  # pid -> connections waiting for it
+        self.exit_waiters: list[_Conn] = []  # connections waiting for the container
         self.init_status: int | None = None
-        self.finished = False
+        self.done = False  # the exit file is written: nothing is left to do
+        self.deadline: float | None = None  # when the loop ends regardless
+        self.drain_at: float | None = None
 
     # -- start-up ---------------------------------------------------------------
 
@@ -102,13 +139,11 @@ class Shim:
         try:
             self._become_shim()
             self._create()
-            asyncio.run(self._serve())
+            self._serve()
         except BaseException:
-            log.exception("shim for %s failed", self.args.container_id)
+            diag(f"failed: {traceback.format_exc()}")
             code = 1
-        finally:
-            logging.shutdown()
-            os._exit(code)
+        os._exit(code)
 
     def _become_shim(self) -> None:
         os.setsid()  # no terminal, no process group of cricketd's to be signalled with
@@ -117,16 +152,14 @@ class Shim:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         null = os.open("/dev/null", os.O_RDWR)
         os.dup2(null, 0)
+        os.dup2(null, 1)
         if self.args.shim_log:
-            diag = os.open(self.args.shim_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(diag, 1)
-            os.dup2(diag, 2)
-            os.close(diag)
+            diagnostics = os.open(self.args.shim_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(diagnostics, 2)
+            os.close(diagnostics)
         else:
-            os.dup2(null, 1)
             os.dup2(null, 2)
         os.close(null)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s shim %(process)d: %(message)s", force=True)
 
     def _create(self) -> None:
         args = self.args
@@ -159,7 +192,7 @@ class Shim:
             self.state.status = pb.CREATED
         except ExecutorError as e:
             self.create_error = str(e)
-            log.warning("creating %s failed: %s", args.container_id, e)
+            diag(f"creating {args.container_id} failed: {e}")
         finally:
             for fd in theirs:
                 os.close(fd)
@@ -175,71 +208,105 @@ class Shim:
             try:
                 os.write(self.log_fd, data)
             except OSError as e:
-                log.warning("writing the container log: %s", e)  # keep draining the container's output
+                diag(f"writing the container log: {e}")  # keep draining the container's output
 
     # -- the loop ---------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.exited = asyncio.Event()
+    def _serve(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
         self.listener.setblocking(False)
-        loop.add_reader(self.listener.fileno(), self._accept)
-        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.sel.register(wake_r, selectors.EVENT_READ, lambda: self._on_signal(wake_r))
         if self.create_error:
-            await asyncio.sleep(CREATE_ERROR_LINGER)
-            return
-        for out in self.outputs:
-            loop.add_reader(out.fd, out.on_readable)
-        self._reap()  # the container may have died before the handler was in place
-        await self.exited.wait()
-        loop.remove_reader(self.listener.fileno())
-        # Let answers to waits already in flight go out before the process ends.
-        await asyncio.sleep(0.05)
+            self.deadline = time.monotonic() + CREATE_ERROR_LINGER
+        else:
+            for out in self.outputs:
+                self.sel.register(out.fd, selectors.EVENT_READ, out.on_readable)
+            self._reap()  # the container may have died before the handler was in place
+        while not self.done:
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline:
+                break
+            if self.drain_at is not None and now >= self.drain_at:
+                self.drain_at = None
+                for out in self.outputs:
+                    out.close()
+                continue
+            timeouts = [t - now for t in (self.deadline, self.drain_at) if t is not None]
+            for key, _ in self.sel.select(min(timeouts) if timeouts else None):
+                key.data()
+
+    def _on_signal(self, wake_r: int) -> None:
+        try:
+            while os.read(wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self._reap()
 
     def _accept(self) -> None:
         try:
-            conn, _ = self.listener.accept()
+            sock, _ = self.listener.accept()
         except BlockingIOError:
             return
-        conn.setblocking(False)
-        asyncio.get_running_loop().create_task(self._handle(conn))
+        sock.setblocking(False)
+        conn = _Conn(sock)
+        self.sel.register(sock, selectors.EVENT_READ, lambda: self._on_request_bytes(conn))
 
-    async def _handle(self, conn: socket.socket) -> None:
-        fds: list[int] = []
+    def _on_request_bytes(self, conn: _Conn) -> None:
         try:
-            payload, fds = await channel.read_frame(conn)
-            req = pb.Request.FromString(payload)
-            resp = await self._dispatch(req, fds)
-            await channel.write_frame(conn, resp.SerializeToString())
-        except (ConnectionError, OSError) as e:
-            log.info("a connection from cricketd ended early: %s", e)
+            data, fds, _, _ = socket.recv_fds(conn.sock, _READ, MAX_FDS)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        conn.fds.extend(fds)
+        try:
+            frames = conn.reader.feed(data) if data else []
+        except FrameError as e:
+            diag(f"dropping a request: {e}")
+            frames, data = [], b""
+        if not frames:
+            if not data:
+                self.sel.unregister(conn.sock)
+                conn.close()
+            return
+        self.sel.unregister(conn.sock)
+        try:
+            resp = self._dispatch(pb.Request.FromString(frames[0]), conn)
         except Exception:
-            log.exception("handling a request")
-        finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            conn.close()
+            diag(f"handling a request: {traceback.format_exc()}")
+            resp = pb.Response(error="the shim failed to handle the request; see its log")
+        if resp is not None:
+            self._answer(conn, resp)
 
-    async def _dispatch(self, req: pb.Request, fds: list[int]) -> pb.Response:
+    def _answer(self, conn: _Conn, resp: pb.Response) -> None:
+        try:
+            conn.sock.settimeout(ANSWER_SECONDS)  # a frame this small fits the socket's buffer at once
+            conn.sock.sendall(encode(resp.SerializeToString()))
+        except OSError as e:
+            diag(f"answering cricketd: {e}")
+        conn.close()
+
+    def _dispatch(self, req: pb.Request, conn: _Conn) -> pb.Response | None:
+        """The answer, or None when it comes later (a wait)."""
         call = req.WhichOneof("call")
-        if call == "state":
-            if self.create_error:
-                asyncio.get_running_loop().call_later(0.1, self.exited.set)
-                return pb.Response(error=self.create_error)
-            return pb.Response(state=self.state)
         if self.create_error:
-            return pb.Response(error=f"the container was never created: {self.create_error}")
+            if call in ("state", "shutdown"):
+                self.done = True  # cricketd has heard why, or no longer cares: the shim's work is done
+            return pb.Response(error=self.create_error)
+        if call == "state":
+            return pb.Response(state=self.state)
         if call == "start":
             return self._start()
         if call == "kill":
             return self._kill(req.kill)
         if call == "wait":
-            return await self._wait(req.wait)
+            return self._wait(req.wait, conn)
         if call == "exec":
-            return self._exec(req.exec, fds)
+            return self._exec(req.exec, conn.fds)
         if call == "reopen_log":
             if self.log_fd is not None:
                 os.close(self.log_fd)
@@ -281,18 +348,19 @@ class Shim:
             pass
         return pb.Response()
 
-    async def _wait(self, req: pb.WaitRequest) -> pb.Response:
+    def _wait(self, req: pb.WaitRequest, conn: _Conn) -> pb.Response | None:
         if req.exec_id:
             pid = self.exec_pids.get(req.exec_id)
             if pid is None:
                 return pb.Response(error=f"no exec {req.exec_id!r} in this container")
-            if pid not in self.statuses:
-                fut = asyncio.get_running_loop().create_future()
-                self.exit_waiters.setdefault(pid, []).append(fut)
-                await fut
-            return pb.Response(exit_code=self.statuses[pid])
-        await self.exited.wait()
-        return pb.Response(state=self.state)
+            if pid in self.statuses:
+                return pb.Response(exit_code=self.statuses[pid])
+            self.exec_waiters.setdefault(pid, []).append(conn)
+            return None
+        if self.done:
+            return pb.Response(state=self.state)
+        self.exit_waiters.append(conn)
+        return None
 
     def _exec(self, req: pb.ExecRequest, fds: list[int]) -> pb.Response:
         if self.state.status != pb.RUNNING:
@@ -343,9 +411,8 @@ class Shim:
                 break
             code = os.waitstatus_to_exitcode(status)
             self.statuses[pid] = 128 - code if code < 0 else code
-            for fut in self.exit_waiters.pop(pid, ()):
-                if not fut.done():
-                    fut.set_result(None)
+            for conn in self.exec_waiters.pop(pid, ()):
+                self._answer(conn, pb.Response(exit_code=self.statuses[pid]))
             if pid == self.state.pid and self.init_status is None:
                 self.init_status = self.statuses[pid]
                 self._container_exited()
@@ -365,20 +432,15 @@ class Shim:
         if not any(out.open for out in self.outputs):
             self._finish()
         else:
-            asyncio.get_running_loop().call_later(DRAIN_SECONDS, self._drain_timeout)
-
-    def _drain_timeout(self) -> None:
-        for out in self.outputs:
-            out.close()
+            self.drain_at = time.monotonic() + DRAIN_SECONDS
 
     def output_closed(self) -> None:
         if self.init_status is not None and not any(out.open for out in self.outputs):
             self._finish()
 
     def _finish(self) -> None:
-        if self.finished:
+        if self.done:
             return
-        self.finished = True
         write_exit_file(self.args.exit_file, {
             "pid": self.state.pid,
             "exit_code": self.state.exit_code,
@@ -390,4 +452,7 @@ class Shim:
         if self.log_fd is not None:
             os.close(self.log_fd)
             self.log_fd = None
-        self.exited.set()
+        for conn in self.exit_waiters:
+            self._answer(conn, pb.Response(state=self.state))
+        self.exit_waiters = []
+        self.done = True

@@ -14,9 +14,7 @@ and no shim is left a zombie.
 """
 from __future__ import annotations
 
-import argparse
 import gc
-import logging
 import os
 import selectors
 import signal
@@ -24,10 +22,8 @@ import socket
 import sys
 
 from api.shim.v1 import shim_pb2 as pb
-from shim import channel, linux, pins
-from shim.server import Shim
-
-log = logging.getLogger("zygote")
+from shim import cgroups, channel, linux, pins
+from shim.server import Shim, diag
 
 REQUEST_TIMEOUT = 10.0  # a caller that does not finish sending its request this fast is dropped
 
@@ -54,7 +50,7 @@ class Zygote:
                     self._accept()
                 elif key.data == "lifeline":
                     if not os.read(self.lifeline, 64):
-                        log.info("cricketd is gone: serving no more, staying while shims run")
+                        diag("cricketd is gone: serving no more, staying while shims run")
                         sel.unregister(self.lifeline)
                         sel.unregister(self.listener)
                         self._unlink_own_socket()
@@ -99,7 +95,7 @@ class Zygote:
                 resp = self._dispatch(req, conn)
                 channel.write_frame_blocking(conn, resp.SerializeToString())
             except (OSError, ValueError) as e:
-                log.warning("dropping a request: %s", e)
+                diag(f"dropping a request: {e}")
 
     def _dispatch(self, req: pb.ZygoteRequest, conn: socket.socket) -> pb.ZygoteResponse:
         call = req.WhichOneof("call")
@@ -225,18 +221,20 @@ def _unlink(path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="cricket-zygote")
-    p.add_argument("--socket", required=True)
-    p.add_argument("--lifeline", type=int, required=True, help="fd whose end of file means cricketd is gone")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s zygote: %(message)s", stream=sys.stderr)
+    # Two options, parsed by hand: argparse would sit in every shim's memory for nothing.
+    args = dict(zip(*[iter(sys.argv[1:] if argv is None else argv)] * 2))
+    if set(args) != {"--socket", "--lifeline"}:
+        print("usage: python -m shim.zygote --socket PATH --lifeline FD", file=sys.stderr)
+        return 2
+    lifeline = int(args["--lifeline"])
     os.setsid()  # a Ctrl-C meant for cricketd must not reach the zygote and its shims
     linux.set_name("cricket-zygote")
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.set_blocking(args.lifeline, False)
-    zygote = Zygote(args.socket, args.lifeline)
+    os.set_blocking(lifeline, False)
+    zygote = Zygote(args["--socket"], lifeline)
     zygote.listener.setblocking(False)
+    cgroups.hierarchies() if cgroups.mode() == "v1" else None  # found once, shared by every shim
     gc.collect()
     gc.freeze()
     zygote.serve()
