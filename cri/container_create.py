@@ -1,4 +1,5 @@
-"""CreateContainer: the rootfs overlay, the OCI runtime spec, and a shim holding the process before exec."""
+"""CreateContainer: the rootfs overlay, the OCI runtime spec, and a shim that sets the container up
+and holds its process before exec."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from cri import oci_spec
 from cri.container_remove import release_container
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, handle_errors
 from cri.records import SANDBOX_READY, ContainerRecord, NameInUse, SandboxRecord
-from cri.runtime import Container, Runtime, Sandbox, proc_start_time
+from cri.runtime import Container, Runtime, Sandbox
 from cri.sandbox_run import ensure_pod_init
 from shim import linux, mounts
 from shim.cgroups import mode as cgroup_mode
@@ -96,9 +97,8 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
         stdin_once=config.stdin_once, tty=config.tty, log_line_max=DEFAULT_LINE_MAX,
         shim_log=layout.shim_log(rec.id),
     ))
-    state = await c.shim.wait_created()
-    rec.pid = state.pid
-    rec.pid_start = proc_start_time(state.pid) or 0
+    # The shim builds the container now, while the caller moves on: StartContainer waits
+    # for it (as containerd runs runc create within StartContainer, not before).
 
 
 def _mount_rootfs(rt: Runtime, rec: ContainerRecord) -> None:

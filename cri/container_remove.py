@@ -10,7 +10,7 @@ import signal
 from api.runtime.v1 import api_pb2 as pb
 from cri.container_stop import kill_and_wait
 from cri.errors import NotFound, handle_errors
-from cri.records import CREATED, RUNNING
+from cri.records import CREATED, EXITED, RUNNING
 from cri.runtime import Container, Runtime, proc_start_time
 from cri.shims import ShimError
 from shim import linux
@@ -27,10 +27,11 @@ async def release_container(rt: Runtime, c: Container) -> None:
     if rec.state == RUNNING:
         await kill_and_wait(rt, c, 0, signal.SIGKILL)
     if rec.shim_pid and proc_start_time(rec.shim_pid) is not None:
-        try:
-            await c.shim.shutdown()
-        except ShimError:
-            pass
+        if rec.state != EXITED:  # an exited container's shim is leaving on its own
+            try:
+                await c.shim.shutdown()
+            except ShimError:
+                pass
         await _wait_gone(rec.shim_pid)
     if c.watcher is not None:
         c.watcher.cancel()

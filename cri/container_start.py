@@ -7,7 +7,7 @@ import time
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import FailedPrecondition, RuntimeFailure, handle_errors
 from cri.records import CREATED, EXITED, RUNNING
-from cri.runtime import Container, Runtime
+from cri.runtime import Container, Runtime, proc_start_time
 from cri.shims import ShimError, ShimGone
 from shim.server import START_ERROR_EXIT_CODE
 
@@ -20,12 +20,14 @@ async def start_container(rt: Runtime, c: Container) -> None:
         if rec.state != CREATED:
             raise FailedPrecondition(f"container {rec.id} is {rec.state}: only a created container can start")
         try:
-            state = await c.shim.start()
+            created = await c.shim.wait_created()  # set-up errors (a mount refused...) come here
+            rec.pid, rec.pid_start = created.pid, proc_start_time(created.pid) or 0
+            state = await c.shim.start()  # and execve's here
         except ShimGone:
             rt.observe_exit(c)
             raise RuntimeFailure(f"container {rec.id} cannot start: {rec.message}") from None
         except ShimError as e:
-            # execve failed; the shim records the same, but the answer must not wait for it.
+            # The shim records the same, but the answer must not wait for it.
             now = time.time_ns()
             rec.state, rec.started_at, rec.finished_at = EXITED, now, now
             rec.exit_code, rec.reason, rec.message = START_ERROR_EXIT_CODE, "StartError", str(e)

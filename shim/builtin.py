@@ -71,11 +71,6 @@ class BuiltinExecutor:
 
     def create(self, stdio: Stdio) -> Held:
         """Set the container up to just before execve and hold it there. Raises ExecutorError."""
-        if self.cgroup is not None:
-            self.cgroup.create()
-            resources = (self.spec.get("linux") or {}).get("resources")
-            if resources:
-                self.cgroup.apply(resources)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -85,7 +80,7 @@ class BuiltinExecutor:
         os.close(start_r)
         try:
             _reap(pid)
-            messages = _read_report(report_r, until="ready")
+            messages = _read_report(report_r, until=("pid", "ready"))  # from two processes, in any order
         except BaseException:
             os.close(report_r)
             os.close(start_w)
@@ -129,10 +124,23 @@ class BuiltinExecutor:
     # -- the children's side ----------------------------------------------------
 
     def _intermediate(self, stdio: Stdio, report_w: int, start_r: int) -> None:
+        # A cgroup namespace is rooted where its creator stands, so joining must come first
+        # then; otherwise the container's first process is moved in while it builds its
+        # filesystem (the first move after a quiet spell waits for an RCU grace period).
+        namespaces = (self.spec.get("linux") or {}).get("namespaces") or ()
+        join_first = any(ns["type"] == "cgroup" and not ns.get("path") for ns in namespaces)
         if self.cgroup is not None:
+            # Here, not in the shim: what this code touches is copied in a process that exits
+            # at once, not in one that lives as long as the container.
+            self.cgroup.create()
+            resources = (self.spec.get("linux") or {}).get("resources")
+            if resources:
+                self.cgroup.apply(resources)
+        if self.cgroup is not None and join_first:
             self.cgroup.add(os.getpid())
+        move = self.cgroup.mover() if self.cgroup is not None and not join_first else None
         flags = 0
-        for ns in (self.spec.get("linux") or {}).get("namespaces") or ():
+        for ns in namespaces:
             kind = ns["type"]
             if kind not in linux.NAMESPACES:
                 raise ExecutorError(f"unknown namespace type {kind!r}")
@@ -147,6 +155,9 @@ class BuiltinExecutor:
         pid = os.fork()
         if pid == 0:
             _child(lambda: self._init(stdio, report_w, start_r), report_w)
+        if move is not None:
+            move(pid)
+        # The shim waits for this process to exit, so it knows the move is done before any start.
         _say(report_w, f"pid {pid}")
 
     def _init(self, stdio: Stdio, report_w: int, start_r: int) -> None:
@@ -264,8 +275,8 @@ def _reap(pid: int) -> None:
             continue
 
 
-def _read_report(fd: int, until: str | None) -> dict[str, str]:
-    """Read report lines until `until` arrives (or end of file when None).
+def _read_report(fd: int, until: tuple[str, ...] | None) -> dict[str, str]:
+    """Read report lines until every key in `until` has arrived (or end of file when None).
 
     An "error" line raises ExecutorError; end of file before `until` too.
     """
@@ -287,7 +298,7 @@ def _read_report(fd: int, until: str | None) -> dict[str, str]:
             if key == "error":
                 raise ExecutorError(value)
             got[key] = value
-            if key == until:
+            if until is not None and all(k in got for k in until):
                 return got
 
 

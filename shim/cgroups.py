@@ -214,6 +214,25 @@ class Cgroup:
         for d in self.dirs():
             _write(os.path.join(d, "cgroup.procs"), pid)
 
+    def mover(self):
+        """Open the cgroup's procs files now and return a function that moves a pid in later,
+        through them: it works from a process whose filesystem view has changed meanwhile
+        (a pivot_root by another process of its mount namespace moves its root too)."""
+        files = [(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC), d) for d in self.dirs()]
+
+        def move(pid: int) -> None:
+            try:
+                for fd, d in files:
+                    try:
+                        os.write(fd, str(pid).encode())
+                    except OSError as e:
+                        raise CgroupError(e.errno, f"moving {pid} into {d}: {e.strerror}") from None
+            finally:
+                for fd, _ in files:
+                    os.close(fd)
+
+        return move
+
     def pids(self) -> list[int]:
         """Processes directly in the cgroup (not in its children)."""
         d = self.dirs()[0] if mode() == "v2" else self._dir(_mount_of("pids") or next(iter(hierarchies().values())))

@@ -459,3 +459,17 @@ def test_reopen_container_log(pods, busybox):
     time.sleep(0.3)
     assert [c for _, _, c in pods.log_lines(cid)] == [b"after"]
     assert b"before" in open(path + ".1", "rb").read()
+
+
+def test_a_set_up_failure_fails_start_naming_the_mount(pods, busybox, tmp_path):
+    plain = tmp_path / "a-file"
+    plain.write_text("not a directory\n")
+    pod = pods.run_pod()
+    # A file bound over a directory of the image cannot be mounted.
+    cid = pods.create(pod, pods.container_config(busybox, ["sleep", "1000"],
+                                                 mounts=[pb.Mount(container_path="/bin", host_path=str(plain))]))
+    err = rpc_error(pods.start, cid)
+    assert "/bin" in err.details()
+    status = pods.status(cid).status
+    assert (status.state, status.reason, status.exit_code) == (pb.CONTAINER_EXITED, "StartError", 128)
+    pods.remove(cid)
