@@ -7,10 +7,10 @@ import os
 import signal
 import sys
 
-from bench import pull
+from bench import lifecycle, pull
 
 # Name -> module with add_arguments(parser), run(args) -> figures, report(figures) -> text.
-BENCHMARKS = {"pull": pull}
+BENCHMARKS = {"pull": pull, "lifecycle": lifecycle}
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 

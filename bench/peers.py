@@ -69,7 +69,19 @@ class Peer:
 
     def stop(self) -> None:
         _live.discard(self)
+        if getattr(self, "runtime", None) is not None:
+            self.remove_pods()
         self._stop()
+
+    def remove_pods(self) -> None:
+        """Remove every pod sandbox (and so container) the daemon has, so stopping it leaves no
+        process, mount or cgroup behind even when a benchmark failed half-way."""
+        try:
+            for pod in self.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items:
+                self.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+                self.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+        except grpc.RpcError as e:
+            print(f"bench: could not remove the pods of {self.name}: {e.details()}", file=sys.stderr)
 
 
 class Cricket(Peer):
@@ -108,7 +120,7 @@ class Containerd(Peer):
 
     name = "containerd"
 
-    def __init__(self, registries=()):
+    def __init__(self, registries=(), sandbox_image: str = ""):
         self.workdir = self._make_workdir()
         self.socket = os.path.join(self.workdir, "containerd.sock")
         self.log_path = os.path.join(self.workdir, "containerd.log")
@@ -117,7 +129,7 @@ class Containerd(Peer):
         self.proc: subprocess.Popen | None = None
         self._channel: grpc.Channel | None = None
         with open(self.config_path, "w") as f:
-            f.write(containerd_config(self.workdir, self.root_dir, self.socket, registries))
+            f.write(containerd_config(self.workdir, self.root_dir, self.socket, registries, sandbox_image))
 
     def _start(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -161,7 +173,7 @@ class Containerd(Peer):
         cleanup_dir(self.workdir)
 
 
-def containerd_config(workdir: str, root_dir: str, socket: str, registries) -> str:
+def containerd_config(workdir: str, root_dir: str, socket: str, registries, sandbox_image: str = "") -> str:
     """containerd 1.6 config: everything it writes lives under workdir; each registry is
     reached over plain HTTP through a hosts.toml (the non-deprecated way)."""
     hosts_dir = os.path.join(workdir, "certs.d")
@@ -177,6 +189,7 @@ def containerd_config(workdir: str, root_dir: str, socket: str, registries) -> s
     # An empty CNI dir: the host's network config is none of the benchmark's business.
     cni_dir = os.path.join(workdir, "cni")
     os.makedirs(cni_dir, exist_ok=True)
+    sandbox = f'  sandbox_image = "{sandbox_image}"\n' if sandbox_image else ""
     return f"""\
 version = 2
 root = "{root_dir}"
@@ -192,7 +205,7 @@ temp = "{workdir}/tmp"
 [plugins."io.containerd.grpc.v1.cri"]
   # Adjusting OOM scores above the daemon's needs CAP_SYS_RESOURCE, which this machine lacks.
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+{sandbox}  [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
   [plugins."io.containerd.grpc.v1.cri".cni]
     conf_dir = "{cni_dir}"
