@@ -13,7 +13,7 @@ SHIM_STUBS := api/shim/v1/shim_pb2.py
 # benchmarks run against (a real registry, skopeo, busybox for test images,
 # containerd + runc as the peer).
 RUN_DEBS   := iproute2 iptables
-TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl
+TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun
 BENCH_DEBS := containerd runc
 
 .PHONY: install run test bench proto deps-run deps-test deps-bench clean

@@ -6,11 +6,19 @@ README's config reference lists the same keys and defaults.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import shutil
 import tomllib
 from dataclasses import dataclass, field
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG_FILE = "/etc/cricket/config.toml"
+# The built-in executor answers to the empty handler name (the CRI's default) and to this one.
+BUILTIN_HANDLER = "cricket"
+# OCI runtimes offered as handlers, by name, when the config names none and they are installed.
+DISCOVERED_RUNTIMES = ("runc", "crun")
 
 
 class ConfigError(ValueError):
@@ -28,6 +36,14 @@ class RegistryHost:
 
 
 @dataclass
+class RuntimeHandler:
+    """An OCI runtime (runc, crun) that pods can pick by RuntimeClass handler name."""
+
+    path: str = ""  # the runtime binary; required
+    root: str = ""  # its --root; default state_dir/runtimes/<name>
+
+
+@dataclass
 class ImageConfig:
     max_concurrent_downloads: int = 3
     pull_retries: int = 3
@@ -42,6 +58,8 @@ class Config:
     log_level: str = "info"
     image: ImageConfig = field(default_factory=ImageConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)
+    # None: runc and crun, where installed. {} (an empty [runtimes] table): none but the built-in.
+    runtimes: dict[str, RuntimeHandler] | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,6 +85,16 @@ def _build(cls, table: dict, where: str):
                 host: _build(RegistryHost, _table(t, f"{name}.{host}"), f"{name}.{host}")
                 for host, t in _table(value, name).items()
             }
+        elif key == "runtimes" and cls is Config:
+            value = {
+                handler: _build(RuntimeHandler, _table(t, f"{name}.{handler}"), f"{name}.{handler}")
+                for handler, t in _table(value, name).items()
+            }
+            for handler, rt in value.items():
+                if not rt.path:
+                    raise ConfigError(f"{name}.{handler}.path: the runtime binary is required")
+                if handler in ("", BUILTIN_HANDLER):
+                    raise ConfigError(f"{name}.{handler}: {handler!r} is the built-in executor's name")
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name}: want true or false, got {value!r}")
@@ -90,6 +118,37 @@ def _table(value, name: str) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(f"{name}: want a table, got {value!r}")
     return value
+
+
+def _runs_here(name: str) -> bool:
+    """Whether a discovered runtime can run containers on this host's cgroups."""
+    if name != "crun":
+        return True
+    # crun refuses a hybrid host (cgroup v1 beside a cgroup2 tree) once any controller sits on
+    # the cgroup2 tree, whatever its cgroup manager.
+    try:
+        with open("/sys/fs/cgroup/unified/cgroup.controllers") as f:
+            controllers = f.read().split()
+    except OSError:
+        return True
+    if controllers:
+        log.warning("not offering crun as a runtime handler: it refuses this hybrid cgroup host, whose "
+                    "cgroup2 tree has the %s controller(s)", ", ".join(controllers))
+        return False
+    return True
+
+
+def runtime_handlers(cfg: Config) -> dict[str, RuntimeHandler]:
+    """The OCI runtime handlers: those configured, or runc and crun if installed (and able to run
+    here); roots filled in."""
+    if cfg.runtimes is None:
+        found = {name: shutil.which(name) for name in DISCOVERED_RUNTIMES}
+        handlers = {name: RuntimeHandler(path=path) for name, path in found.items() if path and _runs_here(name)}
+    else:
+        handlers = {name: RuntimeHandler(h.path, h.root) for name, h in cfg.runtimes.items()}
+    for name, h in handlers.items():
+        h.root = h.root or os.path.join(cfg.state_dir, "runtimes", name)
+    return handlers
 
 
 def load(path: str | None, overrides: dict | None = None) -> Config:

@@ -11,7 +11,7 @@ import time
 
 from api.runtime.v1 import api_pb2 as pb
 from api.shim.v1 import shim_pb2 as shim_pb
-from cri import oci_spec
+from cri import oci_spec, security
 from cri.container_remove import release_container
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, handle_errors
 from cri.records import SANDBOX_READY, ContainerRecord, NameInUse, SandboxRecord
@@ -50,6 +50,7 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
     if image is None:
         raise NotFound(f"image {config.image.image!r} is not present: pull it first")
     sconfig = pb.PodSandboxConfig.FromString(srec.config)
+    checked = check_security(config, sconfig)  # before anything is made or reserved
     log_path = ""
     if config.log_path and sconfig.log_directory:
         log_path = os.path.join(sconfig.log_directory, config.log_path)
@@ -65,7 +66,7 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
     c = rt.add_container(rec)
     try:
         async with c.lock:
-            await _set_up(rt, c, sandbox, sconfig, config, image.config)
+            await _set_up(rt, c, sandbox, sconfig, config, image.config, checked)
             rt.save(c)
     except BaseException:
         await discard_container(rt, c)
@@ -74,7 +75,7 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
 
 
 async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSandboxConfig,
-                  config: pb.ContainerConfig, image_doc: dict) -> None:
+                  config: pb.ContainerConfig, image_doc: dict, checked: dict) -> None:
     rec = c.rec
     layout = rt.layout
     own = layout.container_dir(rec.id)
@@ -84,7 +85,7 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
     _mount_rootfs(rt, rec)
 
     image = image_doc.get("config") or {}
-    spec = build_spec(rt, c, sandbox, sconfig, config, image)
+    spec = build_spec(rt, c, sandbox, config, image, checked)
     with open(os.path.join(layout.bundle(rec.id), "config.json"), "w") as f:
         json.dump(spec, f)
     rec.spec = spec
@@ -95,10 +96,19 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
         container_id=rec.id, bundle=layout.bundle(rec.id), socket=layout.shim_socket(rec.id),
         exit_file=layout.exit_file(rec.id), log_path=rec.log_path, stdin=config.stdin,
         stdin_once=config.stdin_once, tty=config.tty, log_line_max=DEFAULT_LINE_MAX,
-        shim_log=layout.shim_log(rec.id),
+        shim_log=layout.shim_log(rec.id), **_runtime_of(rt, sandbox),
     ))
     # The shim builds the container now, while the caller moves on: StartContainer waits
     # for it (as containerd runs runc create within StartContainer, not before).
+
+
+def _runtime_of(rt: Runtime, sandbox: Sandbox) -> dict:
+    """The OCI runtime the pod's handler names, for the shim; nothing for the built-in executor."""
+    handler = rt.handlers.get(sandbox.rec.runtime_handler)
+    if handler is None:
+        return {}
+    os.makedirs(handler.root, mode=0o700, exist_ok=True)
+    return {"runtime": handler.path, "runtime_root": handler.root}
 
 
 def _mount_rootfs(rt: Runtime, rec: ContainerRecord) -> None:
@@ -112,26 +122,46 @@ def _mount_rootfs(rt: Runtime, rec: ContainerRecord) -> None:
     linux.mount("overlay", rt.layout.rootfs(rec.id), "overlay", 0, options)
 
 
-def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSandboxConfig,
-               config: pb.ContainerConfig, image: dict) -> dict:
+def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> dict:
+    """Everything of the security context and resources that can be refused, worked out and
+    refused now: capability sets, seccomp, resources, oom_score_adj."""
+    ctx = config.linux.security_context
+    security.check_privileged(ctx, sconfig)
+    security.check_lsm(ctx)
+    capabilities = security.capability_sets(ctx, oci_spec.capabilities(ctx))
+    res = security.resources(config.linux.resources, "linux.resources")
+    return {
+        "capabilities": capabilities,
+        "seccomp": security.seccomp(ctx, capabilities["bounding"]),
+        "resources": res,
+        "oom_score_adj": security.clamp_oom_score_adj(config.linux.resources.oom_score_adj),
+    }
+
+
+def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.ContainerConfig, image: dict,
+               checked: dict) -> dict:
     rec, srec = c.rec, sandbox.rec
     rootfs = rt.layout.rootfs(rec.id)
     ctx = config.linux.security_context
     user, group = oci_spec.user_string(ctx, image)
-    process_user = oci_spec.resolve_user(rootfs, user, group, list(ctx.supplemental_groups))
-    cap_list = oci_spec.capabilities(ctx)
+    process_user = oci_spec.resolve_user(rootfs, user, group, list(ctx.supplemental_groups),
+                                         strict=ctx.supplemental_groups_policy == pb.Strict)
     process = {
         "terminal": config.tty,
         "user": process_user,
         "args": oci_spec.process_args(config, image),
         "env": oci_spec.environment(config, image, srec.hostname),
         "cwd": config.working_dir or image.get("WorkingDir") or "/",
-        "capabilities": {"bounding": cap_list, "effective": cap_list, "permitted": cap_list},
+        "capabilities": checked["capabilities"],
         "noNewPrivileges": ctx.no_new_privs,
+        "oomScoreAdj": checked["oom_score_adj"],
     }
-    if config.linux.resources.oom_score_adj:
-        process["oomScoreAdj"] = config.linux.resources.oom_score_adj
     all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), _image_volumes(rt, rec, config, image))
+    if ctx.privileged:
+        # Writable /sys and cgroups, the host's devices, no masked or read-only /proc paths.
+        for m in all_mounts:
+            if m["type"] in ("sysfs", "cgroup"):
+                m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
     spec = {
         "ociVersion": oci_spec.OCI_VERSION,
         "process": process,
@@ -147,14 +177,15 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSandb
         "linux": {
             "namespaces": _namespaces(rt, sandbox, ctx),
             "cgroupsPath": f"{srec.cgroup_parent.rstrip('/')}/{rec.id}",
-            "resources": {"devices": oci_spec.device_rules(ctx.privileged)},
-            "maskedPaths": list(ctx.masked_paths) or list(oci_spec.MASKED_PATHS),
-            "readonlyPaths": list(ctx.readonly_paths) or list(oci_spec.READONLY_PATHS),
+            "resources": {**checked["resources"], "devices": oci_spec.device_rules(ctx.privileged)},
+            "maskedPaths": [] if ctx.privileged else list(ctx.masked_paths) or list(oci_spec.MASKED_PATHS),
+            "readonlyPaths": [] if ctx.privileged else list(ctx.readonly_paths) or list(oci_spec.READONLY_PATHS),
         },
     }
     if ctx.privileged:
-        spec["linux"]["maskedPaths"] = []
-        spec["linux"]["readonlyPaths"] = []
+        spec["linux"]["devices"] = security.host_devices()
+    if checked["seccomp"] is not None:
+        spec["linux"]["seccomp"] = checked["seccomp"]
     propagation = oci_spec.root_propagation(all_mounts)
     if propagation:
         spec["linux"]["rootfsPropagation"] = propagation

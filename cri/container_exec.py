@@ -71,10 +71,8 @@ async def exec_sync(rt: Runtime, c: Container, cmd: list[str], timeout: float) -
         except asyncio.TimeoutError:
             await c.shim.kill(signal.SIGKILL, exec_id=exec_id)
             raise DeadlineExceeded(f"command {cmd!r} in container {c.id} timed out after {timeout}s") from None
-        try:
-            await asyncio.wait_for(asyncio.gather(stdout.done, stderr.done), DRAIN_SECONDS)
-        except asyncio.TimeoutError:
-            pass
+        # wait, not wait_for: a timeout must leave the collectors to be closed, not cancel them.
+        await asyncio.wait([stdout.done, stderr.done], timeout=DRAIN_SECONDS)
     finally:
         stdout.close()
         stderr.close()

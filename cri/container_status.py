@@ -50,6 +50,7 @@ def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerSt
         reason=rec.reason, message=rec.message, labels=config.labels, annotations=config.annotations,
         mounts=config.mounts, log_path=rec.log_path,
     )
+    status.resources.linux.CopyFrom(_current_resources(rec.spec, config.linux.resources))
     user = (rec.spec.get("process") or {}).get("user")
     if user:
         status.user.linux.uid = user.get("uid", 0)
@@ -67,6 +68,22 @@ def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerSt
             "runtimeSpec": rec.spec,
         })
     return pb.ContainerStatusResponse(status=status, info=info)
+
+
+def _current_resources(spec: dict, asked: pb.LinuxContainerResources) -> pb.LinuxContainerResources:
+    """The resources in force: as created, with any update since (kept in the spec)."""
+    r = (spec.get("linux") or {}).get("resources") or {}
+    cpu, memory = r.get("cpu") or {}, r.get("memory") or {}
+    out = pb.LinuxContainerResources(
+        cpu_period=cpu.get("period", 0), cpu_quota=cpu.get("quota", 0), cpu_shares=cpu.get("shares", 0),
+        cpuset_cpus=cpu.get("cpus", ""), cpuset_mems=cpu.get("mems", ""),
+        memory_limit_in_bytes=memory.get("limit", 0), memory_swap_limit_in_bytes=memory.get("swap", 0),
+        oom_score_adj=(spec.get("process") or {}).get("oomScoreAdj", asked.oom_score_adj),
+        unified=r.get("unified") or {},
+    )
+    out.hugepage_limits.extend(pb.HugepageLimit(page_size=h["pageSize"], limit=h["limit"])
+                               for h in r.get("hugepageLimits") or ())
+    return out
 
 
 def matches(c: Container, f: pb.ContainerFilter) -> bool:

@@ -105,9 +105,10 @@ def _read_db(rootfs: str, path: str) -> list[list[str]]:
         return []
 
 
-def resolve_user(rootfs: str, user: str, group: int | None, supplemental: list[int]) -> dict:
+def resolve_user(rootfs: str, user: str, group: int | None, supplemental: list[int], strict: bool = False) -> dict:
     """An OCI "user" from a Docker user string (uid, name, uid:gid, name:group), looked up in
-    the container's own /etc/passwd and /etc/group."""
+    the container's own /etc/passwd and /etc/group. `strict` (the CRI's Strict supplemental
+    groups policy) leaves out the groups /etc/group lists the user in."""
     name, _, grp = user.partition(":")
     passwd = _read_db(rootfs, "/etc/passwd")
     groups = _read_db(rootfs, "/etc/group")
@@ -138,7 +139,7 @@ def resolve_user(rootfs: str, user: str, group: int | None, supplemental: list[i
     uid = uid or 0
     gid = gid or 0
     extra: list[int] = []
-    if username:
+    if username and not strict:
         # The groups /etc/group lists the user in, as Docker and containerd add them.
         for g in groups:
             if len(g) > 3 and username in g[3].split(",") and g[2].isdigit():
@@ -172,8 +173,13 @@ def capabilities(ctx: pb.LinuxContainerSecurityContext) -> list[str]:
     add = [_cap_name(c) for c in ctx.capabilities.add_capabilities]
     drop = [_cap_name(c) for c in ctx.capabilities.drop_capabilities]
     have = list(DEFAULT_CAPS)
+    available = caps.bounding()
+    missing = [c for c in add if c != "ALL" and c not in available]
+    if missing:
+        raise InvalidArgument(f"capabilities.add_capabilities: {', '.join(missing)} not available to this "
+                              "node's runtime (not in its bounding set)")
     if "ALL" in add:
-        have = list(caps.NAMES)
+        have = available  # all that the runtime itself holds, as containerd reads "all"
     if "ALL" in drop:
         have = []
     have += [c for c in add if c != "ALL" and c not in have]

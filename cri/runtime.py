@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cri.config import Config
+from cri.config import Config, runtime_handlers
 from cri.errors import NotFound
 from cri.layout import Layout
 from cri.records import EXITED, ContainerRecord, RecordStore, SandboxRecord
@@ -86,6 +86,7 @@ class Runtime:
         self.records = RecordStore(self.layout.records)
         self.images = images
         self.zygote = Zygote(config.state_dir)
+        self.handlers = runtime_handlers(config)  # OCI runtimes by handler name, beside the built-in
         self.sandboxes: dict[str, Sandbox] = {}
         self.containers: dict[str, Container] = {}
         # Digests and chain IDs that running pulls hold (set by the daemon's wiring).

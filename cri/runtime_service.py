@@ -14,6 +14,8 @@ from cri.container_start import ContainerStart
 from cri.container_stats import ContainerStats
 from cri.container_status import ContainerStatusVerbs
 from cri.container_stop import ContainerStop
+from cri.container_update import ContainerUpdate
+from cri.config import BUILTIN_HANDLER
 from cri.errors import handle_errors
 from cri.runtime import Runtime
 from cri.sandbox_remove import SandboxRemove
@@ -32,7 +34,7 @@ KUBE_API_VERSION = "0.1.0"
 class RuntimeService(
     SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs,
     ContainerCreate, ContainerStart, ContainerStop, ContainerRemove, ContainerStatusVerbs,
-    ContainerExec, ContainerLog, ContainerStats,
+    ContainerExec, ContainerLog, ContainerStats, ContainerUpdate,
     pb_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, rt: Runtime):
@@ -58,11 +60,18 @@ class RuntimeService(
                 message="cricket has no pod network yet: CNI support is not built",
             ),
         ]
-        info = {"config": json.dumps(self.rt.config.as_dict())} if request.verbose else {}
+        info = {}
+        if request.verbose:
+            info["config"] = json.dumps(self.rt.config.as_dict())
+            info["runtimeHandlers"] = json.dumps({name: h.path for name, h in self.rt.handlers.items()})
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,
-            runtime_handlers=[pb.RuntimeHandler(name="")],
+            runtime_handlers=[
+                pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures(
+                    recursive_read_only_mounts=False, user_namespaces=False))
+                for name in ["", BUILTIN_HANDLER, *self.rt.handlers]
+            ],
         )
 
     @handle_errors

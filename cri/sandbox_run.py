@@ -8,6 +8,8 @@ import shutil
 import time
 
 from api.runtime.v1 import api_pb2 as pb
+from cri import security
+from cri.config import BUILTIN_HANDLER
 from cri.errors import AlreadyExists, InvalidArgument, handle_errors
 from cri.records import SANDBOX_NOTREADY, SANDBOX_READY, NameInUse, SandboxRecord
 from cri.runtime import Runtime, Sandbox, proc_start_time
@@ -49,12 +51,16 @@ def validate(config: pb.PodSandboxConfig) -> None:
         raise InvalidArgument("namespace_options.pid TARGET is for containers, not pod sandboxes")
     if config.log_directory and not os.path.isabs(config.log_directory):
         raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
+    security.pod_sysctls(config)
+    security.resources(config.linux.resources, "linux.resources")
+    security.resources(config.linux.overhead, "linux.overhead")
 
 
 async def run_pod_sandbox(rt: Runtime, config: pb.PodSandboxConfig, handler: str) -> Sandbox:
     validate(config)
-    if handler not in ("", "cricket"):
-        raise InvalidArgument(f"unknown runtime handler {handler!r}: this runtime has \"\" (the built-in executor)")
+    if handler not in ("", BUILTIN_HANDLER) and handler not in rt.handlers:
+        known = ", ".join(repr(h) for h in ["", BUILTIN_HANDLER, *rt.handlers])
+        raise InvalidArgument(f"unknown runtime handler {handler!r}: this node has {known}")
     rec = SandboxRecord(
         id=secrets.token_hex(32), name=sandbox_name(config.metadata), config=config.SerializeToString(),
         runtime_handler=handler, created_at=time.time_ns(), state=SANDBOX_NOTREADY,
@@ -97,7 +103,8 @@ async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) ->
         if path:
             open(path, "w").close()
     if any(paths.values()):
-        await rt.zygote.pin_namespaces(paths["net"], paths["ipc"], paths["uts"], rec.hostname)
+        await rt.zygote.pin_namespaces(paths["net"], paths["ipc"], paths["uts"], rec.hostname,
+                                       security.pod_sysctls(config))
     rec.netns, rec.ipcns, rec.utsns = paths["net"], paths["ipc"], paths["uts"]
 
     if ns.ipc == pb.POD:
@@ -110,6 +117,8 @@ async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) ->
     parent = Cgroup(rec.cgroup_parent)
     rec.own_cgroup_parent = not parent.exists()  # kubelet makes its pods' parents; others are ours to remove
     parent.create()
+    if rec.own_cgroup_parent and config.linux.resources.ByteSize():
+        parent.apply(security.resources(config.linux.resources))  # a parent kubelet made, kubelet limits
     if ns.pid == pb.POD:
         await ensure_pod_init(rt, sandbox)
 

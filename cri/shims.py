@@ -77,8 +77,9 @@ class Zygote:
     async def spawn_shim(self, spawn: pb.SpawnShim) -> int:
         return (await self._call(pb.ZygoteRequest(spawn_shim=spawn))).pid
 
-    async def pin_namespaces(self, net: str, ipc: str, uts: str, hostname: str) -> None:
-        await self._call(pb.ZygoteRequest(pin_namespaces=pb.PinNamespaces(net=net, ipc=ipc, uts=uts, hostname=hostname)))
+    async def pin_namespaces(self, net: str, ipc: str, uts: str, hostname: str, sysctls: dict[str, str]) -> None:
+        pin = pb.PinNamespaces(net=net, ipc=ipc, uts=uts, hostname=hostname, sysctls=sysctls)
+        await self._call(pb.ZygoteRequest(pin_namespaces=pin))
 
     async def spawn_pod_init(self, sandbox_id: str) -> int:
         return (await self._call(pb.ZygoteRequest(spawn_pod_init=pb.SpawnPodInit(sandbox_id=sandbox_id)))).pid

@@ -61,6 +61,8 @@ class Held:
 
 
 class BuiltinExecutor:
+    console = None  # a tty container's terminal is the shim's own
+
     def __init__(self, bundle: str, spec: dict):
         self.bundle = bundle
         self.spec = spec
@@ -105,6 +107,9 @@ class BuiltinExecutor:
                 os.close(fd)
             except OSError:
                 pass
+
+    def delete(self) -> None:
+        """Nothing of a built-in container outlives its processes and cgroup (cricketd removes that)."""
 
     def exec(self, init_pid: int, process: dict, stdio: Stdio) -> int:
         """Run `process` in the namespaces and cgroup of the container whose first process is
@@ -177,11 +182,14 @@ class BuiltinExecutor:
         _set_rlimits(proc.get("rlimits"))
         _enter_cwd(proc.get("cwd") or "/")
         _install_stdio(stdio, keep={report_w, start_r})
+        confine = _Confinement(proc, lin.get("seccomp"))
+        confine.before_user()
         _become_user(proc)
         _say(report_w, "ready")
         go = os.read(start_r, 2)
         if go != b"go":
             os._exit(0)  # the container was removed before it started
+        confine.before_execve()
         _execve(proc, report_w)
 
     def _build_rootfs(self, stdio: Stdio) -> None:
@@ -230,7 +238,10 @@ class BuiltinExecutor:
         _enter_cwd(process.get("cwd") or "/", create=False)
         _install_stdio(stdio, keep={report_w})
         _set_rlimits(process.get("rlimits"))
+        confine = _Confinement(process, (self.spec.get("linux") or {}).get("seccomp"))
+        confine.before_user()
         _become_user(process)
+        confine.before_execve()
         _execve(process, report_w)
 
 
@@ -371,6 +382,26 @@ def _become_user(proc: dict) -> None:
         os.umask(int(user["umask"]))
     if proc.get("noNewPrivileges"):
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+class _Confinement:
+    """When to load the seccomp filter, as runc does: with no_new_privs, just before execve (so
+    the set-up's own system calls are not filtered); without it, while the process still has
+    CAP_SYS_ADMIN, which loading a filter then needs (so the filter must allow the rest)."""
+
+    def __init__(self, proc: dict, profile: dict | None):
+        self.profile = profile
+        self.late = bool(proc.get("noNewPrivileges"))
+
+    def before_user(self) -> None:
+        if self.profile and not self.late:
+            from shim import seccomp  # TEMP-LAZY
+            seccomp.install(self.profile)
+
+    def before_execve(self) -> None:
+        if self.profile and self.late:
+            from shim import seccomp  # TEMP-LAZY
+            seccomp.install(self.profile)
 
 
 def _execve(proc: dict, report_w: int) -> None:

@@ -25,6 +25,16 @@ def number(name: str) -> int:
         raise UnknownCapability(f"unknown capability {name!r}") from None
 
 
+def bounding() -> list[str]:
+    """The capabilities this process may ever hold (its bounding set): what "all" can mean here."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                bits = int(line.split()[1], 16)
+                return [name for i, name in enumerate(NAMES) if bits & (1 << i)]
+    return list(NAMES)
+
+
 def mask(names) -> int:
     """The bit mask of a list of capability names."""
     bits = 0

@@ -20,6 +20,9 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 _V1_WANTED = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "hugetlb",
               "net_cls", "net_prio", "perf_event", "name=systemd")
 _V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids", "io", "hugetlb")
+# cgroup v2 keys whose file has the same name and meaning in the v1 hierarchy of its
+# controller, so a "unified" resource can be honoured on v1 too.
+V1_UNIFIED_KEYS = ("pids.max", "cpuset.cpus", "cpuset.mems")
 _REMOVE_TRIES = 50  # of 10 ms each: processes that were just killed take a moment to leave
 
 
@@ -49,11 +52,18 @@ class CgroupStats:
 
 
 def parse_mountinfo(text: str) -> dict[str, str]:
-    """v1 hierarchies from /proc/self/mountinfo: "cpu,cpuacct" (or "name=systemd") -> mount point."""
+    """v1 hierarchies from /proc/self/mountinfo: "cpu,cpuacct" (or "name=systemd") -> mount point.
+
+    On a hybrid host the cgroup2 tree beside them is "unified": runc makes and
+    joins containers' cgroups there too, so Cricket does the same.
+    """
     out: dict[str, str] = {}
     for line in text.splitlines():
         left, _, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
+        if tail and tail[0] == "cgroup2" and fields[4] != CGROUP_ROOT:
+            out.setdefault("unified", fields[4])
+            continue
         if len(tail) < 3 or tail[0] != "cgroup":
             continue
         controllers = [o for o in tail[2].split(",") if o in _V1_WANTED or o.startswith("name=")]
@@ -99,6 +109,8 @@ def v1_mount_sources(path: str) -> list[tuple[str, str]] | None:
         return None
     out = []
     for names, point in hierarchies().items():
+        if names == "unified":
+            continue  # runc leaves a hybrid host's cgroup2 tree out of containers; so does Cricket
         name = names.replace("name=", "")
         out.append((name, os.path.join(point, path.lstrip("/"))))
     return out
@@ -369,8 +381,10 @@ class Cgroup:
             self._set("pids", "pids.max", "max" if pids <= 0 else pids)
         for h in r.get("hugepageLimits") or ():
             self._set("hugetlb", f"hugetlb.{h['pageSize']}.limit_in_bytes", h["limit"])
-        if r.get("unified"):
-            raise CgroupError(errno.ENOTSUP, "unified (cgroup v2) resources need a cgroup v2 host; this one is v1")
+        for key, value in (r.get("unified") or {}).items():
+            if key not in V1_UNIFIED_KEYS:
+                raise CgroupError(errno.ENOTSUP, f"unified key {key!r} has no cgroup v1 equivalent on this host")
+            self._set(key.split(".", 1)[0], key, value)
         devices = r.get("devices")
         if devices and self._file("devices", "devices.allow") is not None:
             for rule in devices:

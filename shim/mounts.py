@@ -154,7 +154,8 @@ def _mount_sysfs(dest: str, flags: int, data: str) -> None:
 
 def _mount_cgroup_v1(dest: str, flags: int, binds) -> None:
     """cgroup v1 has no single filesystem to mount: a tmpfs holds each hierarchy's
-    container cgroup, bound in under the hierarchy's name (as runc does)."""
+    container cgroup, bound in under the hierarchy's name. As runc does, the binds take
+    the mount's flags and the tmpfs stays writable."""
     linux.mount("tmpfs", dest, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=755")
     for name, source in binds:
         target = os.path.join(dest, name)
@@ -169,9 +170,6 @@ def _mount_cgroup_v1(dest: str, flags: int, binds) -> None:
                 link = os.path.join(dest, alias)
                 if not os.path.lexists(link):
                     os.symlink(name, link)
-    if flags & linux.MS_RDONLY:
-        linux.mount(None, dest, None, linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_NOSUID
-                    | linux.MS_NODEV | linux.MS_NOEXEC)
 
 
 def create_devices(rootfs: str, devices) -> None:

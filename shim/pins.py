@@ -23,8 +23,9 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
 
-def pin_namespaces(net: str, ipc: str, uts: str, hostname: str) -> None:
-    """In a forked child: make the namespaces and bind-mount them onto the given files."""
+def pin_namespaces(net: str, ipc: str, uts: str, hostname: str, sysctls: dict[str, str]) -> None:
+    """In a forked child: make the namespaces, set the pod's sysctls in them, and bind-mount
+    them onto the given files."""
     targets = [(path, kind) for path, kind in ((net, "net"), (ipc, "ipc"), (uts, "uts")) if path]
     flags = 0
     for _, kind in targets:
@@ -34,6 +35,10 @@ def pin_namespaces(net: str, ipc: str, uts: str, hostname: str) -> None:
         linux.sethostname(hostname)
     if net:
         loopback_up()
+    # /proc/sys answers for the namespaces of whoever opens it: these writes land in the new ones.
+    for key, value in sysctls.items():
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
     for path, kind in targets:
         linux.mount(f"/proc/self/ns/{kind}", path, None, linux.MS_BIND)
 

@@ -29,6 +29,7 @@ from shim.builtin import BuiltinExecutor, ExecutorError, Held, StartError, Stdio
 from shim.channel import MAX_FDS
 from shim.cri_log import DEFAULT_LINE_MAX, LogFormatter
 from shim.framing import FrameError, FrameReader, encode
+from shim.oci_runtime import OciRuntimeExecutor
 
 # After the container exits, output still in flight (or held by a process that
 # escaped into a shared PID namespace) gets this long to drain.
@@ -165,10 +166,15 @@ class Shim:
         args = self.args
         with open(os.path.join(args.bundle, "config.json")) as f:
             spec = json.load(f)
-        self.executor = BuiltinExecutor(args.bundle, spec)
+        if args.runtime:
+            self.executor = OciRuntimeExecutor(args.bundle, spec, args.container_id, args.runtime, args.runtime_root)
+        else:
+            self.executor = BuiltinExecutor(args.bundle, spec)
         theirs: list[int] = []
         line_max = args.log_line_max or DEFAULT_LINE_MAX
-        if args.tty:
+        if args.tty and args.runtime:
+            stdio = Stdio()  # the runtime makes the terminal and hands its master back
+        elif args.tty:
             master, slave = os.openpty()
             stdio = Stdio(terminal=slave)
             theirs.append(slave)
@@ -190,6 +196,10 @@ class Shim:
             self.held = self.executor.create(stdio)
             self.state.pid = self.held.pid
             self.state.status = pb.CREATED
+            if self.executor.console is not None:
+                self.outputs.append(_Output(self, self.executor.console, "stdout", line_max))
+                if args.stdin:
+                    self.stdin_w = os.dup(self.executor.console)
         except ExecutorError as e:
             self.create_error = str(e)
             diag(f"creating {args.container_id} failed: {e}")
@@ -426,6 +436,9 @@ class Shim:
             self.state.message = self.start_error
         else:
             self.state.exit_code = self.init_status
+            if self._oom_killed():
+                self.state.reason = "OOMKilled"
+                self.state.message = "the kernel's OOM killer ended a process of the container at its memory limit"
         if self.stdin_w is not None:
             os.close(self.stdin_w)
             self.stdin_w = None
@@ -434,6 +447,15 @@ class Shim:
         else:
             self.drain_at = time.monotonic() + DRAIN_SECONDS
 
+    def _oom_killed(self) -> bool:
+        cgroup = self.executor.cgroup
+        if cgroup is None:
+            return False
+        try:
+            return cgroup.stats().oom_kills > 0  # the cgroup is the container's own, made for it
+        except OSError:
+            return False
+
     def output_closed(self) -> None:
         if self.init_status is not None and not any(out.open for out in self.outputs):
             self._finish()
@@ -441,6 +463,7 @@ class Shim:
     def _finish(self) -> None:
         if self.done:
             return
+        self.executor.delete()
         write_exit_file(self.args.exit_file, {
             "pid": self.state.pid,
             "exit_code": self.state.exit_code,

@@ -104,7 +104,7 @@ class Zygote:
                 return pb.ZygoteResponse(pid=self._spawn_shim(req.spawn_shim, conn))
             if call == "pin_namespaces":
                 p = req.pin_namespaces
-                self._run_child(lambda: pins.pin_namespaces(p.net, p.ipc, p.uts, p.hostname), conn)
+                self._run_child(lambda: pins.pin_namespaces(p.net, p.ipc, p.uts, p.hostname, dict(p.sysctls)), conn)
                 return pb.ZygoteResponse()
             if call == "spawn_pod_init":
                 return pb.ZygoteResponse(pid=self._spawn_pod_init(conn))

@@ -55,7 +55,7 @@ def test_a_process_joins_a_fresh_nested_cgroup(parent):
     root, procs = parent
     cg = Cgroup(root.path + "/x/y")
     cg.create()  # a fresh cpuset needs cpus and mems before it takes a task
-    p = spawn(procs, cg, "sleep 100")
+    p = spawn(procs, cg, "exec sleep 100")
     deadline = time.monotonic() + 5
     while p.pid not in cg.pids() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -132,7 +132,7 @@ def test_parse_mountinfo_finds_v1_hierarchies_only():
     )
     assert cgroups.parse_mountinfo(text) == {
         "cpu,cpuacct": "/sys/fs/cgroup/cpu,cpuacct", "memory": "/sys/fs/cgroup/memory",
-        "name=systemd": "/sys/fs/cgroup/systemd",
+        "name=systemd": "/sys/fs/cgroup/systemd", "unified": "/sys/fs/cgroup/unified",
     }
 
 

@@ -221,7 +221,7 @@ def test_stop_sends_the_images_stop_signal_then_kill(pods, registry, test_images
 def test_user_from_the_image_and_from_the_security_context(pods, registry, test_images, busybox):
     pod = pods.run_pod()
     by_name = pods.run(pod, test_images["user-name"].reference(registry), ["sleep", "1000"])
-    assert pods.sh(by_name, "id").strip() == "uid=1000(cricket) gid=1000(cricket) groups=1000(cricket)"
+    assert pods.sh(by_name, "id").strip() == "uid=1000(cricket) gid=1000(cricket) groups=50(staff),1000(cricket)"
     ctx = pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=65534),
                                            run_as_group=pb.Int64Value(value=1000), supplemental_groups=[4242])
     by_ctx = pods.run(pod, busybox, ["sleep", "1000"], security=ctx)
@@ -304,6 +304,15 @@ def test_exec_sync_output_exit_code_and_context(pods, registry, test_images):
     out = pods.exec(cid, ["sh", "-c", "echo $FROM_CONFIG; pwd; id -u; echo oops >&2; exit 7"])
     assert (out.stdout, out.stderr, out.exit_code) == (b"yes\n/tmp\n1000\n", b"oops\n", 7)
     assert pods.sh(cid, "readlink /proc/self/ns/pid") == pods.exec(cid, ["busybox", "readlink", "/proc/1/ns/pid"]).stdout.decode()
+
+
+def test_exec_sync_returns_when_a_background_child_keeps_the_output_open(pods, busybox):
+    pod = pods.run_pod()
+    cid = pods.run(pod, busybox, ["sleep", "1000"])
+    # A hang here ends in DEADLINE_EXCEEDED from the client's own deadline.
+    out = pods.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "sleep 30 & echo started"],
+                                              timeout=10), timeout=20)
+    assert (out.exit_code, out.stdout) == (0, b"started\n")
 
 
 def test_exec_sync_timeout_kills_the_command(pods, busybox):
