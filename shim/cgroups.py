@@ -24,6 +24,7 @@ _V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids", "io", "hugetlb")
 # controller, so a "unified" resource can be honoured on v1 too.
 V1_UNIFIED_KEYS = ("pids.max", "cpuset.cpus", "cpuset.mems")
 _REMOVE_TRIES = 50  # of 10 ms each: processes that were just killed take a moment to leave
+_FREEZE_TRIES = 1000  # of 1 ms each
 
 
 class CgroupError(OSError):
@@ -36,6 +37,8 @@ class CgroupNotFound(CgroupError):
 
 @dataclass
 class CgroupStats:
+    """Bytes, nanoseconds and counts; memory_limit is None when unlimited. memory_working_set is
+    usage less inactive file pages, as kubelet evicts by and cadvisor reports."""
     cpu_usage_ns: int = 0
     memory_usage: int = 0
     memory_working_set: int = 0
@@ -81,11 +84,18 @@ def mode() -> str:
 def _is_cgroup2(path: str) -> bool:
     # Python has statvfs but not statfs, whose f_type would say: the mount table says it too.
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if left.split()[4] == path:
-                return right.split()[0] == "cgroup2"
-    return False
+        return mount_fstype(f.read(), path) == "cgroup2"
+
+
+def mount_fstype(mountinfo: str, path: str) -> str | None:
+    """The filesystem type mounted at `path`: the last mount there, which hides any before it."""
+    fstype = None
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 4 and fields[4] == path and right:
+            fstype = right.split()[0]
+    return fstype
 
 
 @lru_cache(maxsize=1)
@@ -126,6 +136,52 @@ def shares_to_weight(shares: int) -> int:
     return 1 + ((shares - 2) * 9999) // 262142
 
 
+def v2_swap_max(limit: int | None, swap: int | None) -> int | None:
+    """OCI memory.swap (memory+swap) to cgroup v2 memory.swap.max (swap alone), as runc converts:
+    -1 is unlimited, None or 0 leaves it as it is."""
+    limit, swap = limit or 0, swap or 0
+    if limit == -1 and swap == 0:
+        return -1  # "unlimited memory" on v1 lifts memsw too; keep that meaning
+    if swap in (-1, 0) or limit == -1:
+        return swap or None
+    if limit <= 0:
+        raise CgroupError(errno.EINVAL, f"memory.swap {swap} needs a memory.limit to be subtracted from")
+    if swap < limit:
+        raise CgroupError(errno.EINVAL, f"memory.swap {swap} (memory+swap) is below memory.limit {limit}")
+    return swap - limit
+
+
+def v2_cpu_max(quota: int | None, period: int | None) -> str | None:
+    """OCI cpu.quota and cpu.period to cgroup v2 cpu.max, as runc writes it: a quota of -1
+    (or none, with a period) is "max"; without a period the kernel keeps the current one."""
+    if not quota and not period:
+        return None
+    value = str(quota) if quota and quota > 0 else "max"
+    return f"{value} {period}" if period else value
+
+
+def v1_memory_writes(limit: int | None, swap: int | None, current_limit: int, has_memsw: bool) -> list[tuple[str, int]]:
+    """The memory.limit_in_bytes and memory.memsw.limit_in_bytes writes for OCI memory.limit and
+    memory.swap on v1, in an order the kernel takes: it refuses at every moment a memsw limit
+    below the memory limit, so when the new memsw is above the current memory limit it goes
+    first, else last (runc's order). -1 is unlimited."""
+    limit, swap = limit or 0, swap or 0
+    if not has_memsw:
+        swap = 0  # no swap accounting on this kernel: there is no memsw to keep in step
+    elif limit == -1 and swap == 0:
+        swap = -1  # lifting the memory limit lifts memsw with it, or the kernel refuses
+    writes = []
+    if limit:
+        writes.append(("memory.limit_in_bytes", limit))
+    if swap:
+        memsw = ("memory.memsw.limit_in_bytes", swap)
+        if limit and (swap == -1 or swap > current_limit):
+            writes.insert(0, memsw)
+        else:
+            writes.append(memsw)
+    return writes
+
+
 def parse_flat_keyed(text: str) -> dict[str, int]:
     """"key value" lines (memory.stat, cpu.stat, memory.events) as a dict of ints."""
     out = {}
@@ -137,19 +193,76 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
 
 
 def _read(path: str) -> str:
+    # os.open and os.read, not open(): stats() reads six files every few seconds per
+    # container, and a text file object costs more to build than the kernel takes to answer.
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise CgroupNotFound(errno.ENOENT, f"cgroup file {path} does not exist") from None
+        err = CgroupNotFound(errno.ENOENT, f"cgroup file {path} does not exist")
+        err.path = path
+        raise err from None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)
 
 
 def _write(path: str, value) -> None:
+    # One write(2) of the whole value, and no O_CREAT: a file the kernel does not offer
+    # (no swap accounting, a controller not enabled) fails as ENOENT, not as a refused create.
     try:
-        with open(path, "w") as f:
-            f.write(str(value))
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
     except OSError as e:
         raise CgroupError(e.errno, f"writing {value!r} to {path}: {e.strerror}") from None
+
+
+def _v2_value(n: int) -> str:
+    return "max" if n < 0 else str(n)  # OCI's -1 for unlimited is v2's "max"
+
+
+def _fill_cpusets(levels: list[str]) -> None:
+    # A v1 cpuset is made with empty cpus and mems and refuses tasks (ENOSPC) until they are
+    # set. Every level is checked, not only the ones made now, so a create cut short by a
+    # crash, or raced by another creator, is finished by the next one.
+    for d in levels:
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            path = os.path.join(d, f)
+            if not _read(path).strip():
+                _write(path, _read(os.path.join(os.path.dirname(d), f)).strip())
+
+
+def _wait_frozen(state_file: str) -> None:
+    # The write only starts freezing: until the state reads FROZEN a task may still be in
+    # fork(), and its child would miss the list read next. A task that never freezes (stuck
+    # in the kernel) must not hang the caller, so the wait is bounded.
+    for _ in range(_FREEZE_TRIES):
+        if _read(state_file).strip() == "FROZEN":
+            return
+        time.sleep(0.001)
+
+
+def _rmdir(d: str, tries: int) -> None:
+    for attempt in range(tries):
+        try:
+            os.rmdir(d)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or attempt == tries - 1:
+                try:
+                    left = [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
+                except CgroupNotFound:
+                    left = []
+                raise CgroupError(e.errno, f"removing cgroup {d}: {e.strerror} (processes in it: {left})") from None
+            time.sleep(0.01)
 
 
 # -- one cgroup ---------------------------------------------------------------------------
@@ -186,35 +299,36 @@ class Cgroup:
             self._create_v2()
             return
         for names, point in hierarchies().items():
-            made = self._makedirs(point)
+            levels = self._makedirs(point)
             if "cpuset" in names.split(","):
-                for d in made:  # a new cpuset takes no tasks until it has cpus and mems
-                    parent = os.path.dirname(d)
-                    for f in ("cpuset.cpus", "cpuset.mems"):
-                        _write(os.path.join(d, f), _read(os.path.join(parent, f)).strip())
+                _fill_cpusets(levels)
 
     def _makedirs(self, point: str) -> list[str]:
-        made = []
+        levels = []
         current = point
         for part in self.path.strip("/").split("/"):
             current = os.path.join(current, part)
             try:
                 os.mkdir(current, 0o755)
-                made.append(current)
             except FileExistsError:
                 pass
-        return made
+            levels.append(current)
+        return levels
 
     def _create_v2(self) -> None:
         current = CGROUP_ROOT
         for part in self.path.strip("/").split("/"):
             available = set(_read(os.path.join(current, "cgroup.controllers")).split())
-            enable = " ".join(f"+{c}" for c in _V2_CONTROLLERS if c in available)
-            if enable:
-                try:
-                    _write(os.path.join(current, "cgroup.subtree_control"), enable)
-                except CgroupError:
-                    pass  # a controller the parent may not delegate; the rest still work
+            subtree = os.path.join(current, "cgroup.subtree_control")
+            enabled = set(_read(subtree).split())
+            # One controller a write: the kernel takes a write whole or not at all, and one it
+            # refuses here (a threaded or busy parent, a real-time task and cpu) must not cost the rest.
+            for c in _V2_CONTROLLERS:
+                if c in available and c not in enabled:
+                    try:
+                        _write(subtree, f"+{c}")
+                    except CgroupError:
+                        pass
             current = os.path.join(current, part)
             try:
                 os.mkdir(current, 0o755)
@@ -246,15 +360,23 @@ class Cgroup:
         return move
 
     def pids(self) -> list[int]:
-        """Processes directly in the cgroup (not in its children)."""
-        d = self.dirs()[0] if mode() == "v2" else self._dir(_mount_of("pids") or next(iter(hierarchies().values())))
+        """Processes directly in the cgroup (not in its children); none when it does not exist."""
+        return self._procs(None)
+
+    def _procs(self, procs: str | None) -> list[int]:
+        if procs is None:
+            d = self.dirs()[0] if mode() == "v2" else self._dir(_mount_of("pids") or next(iter(hierarchies().values())))
+            procs = os.path.join(d, "cgroup.procs")
         try:
-            return [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
+            return [int(p) for p in _read(procs).split()]
         except CgroupNotFound:
             return []
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
-        """Signal every process in the cgroup, without racing forks where the kernel can help."""
+        """Signal every process in the cgroup (not in its children), without racing forks
+        where the kernel can help: v2's cgroup.kill for SIGKILL, v1's freezer for any signal.
+        Elsewhere (v2 and another signal, or no freezer) a process forked while the list is
+        read can escape this signal."""
         if mode() == "v2" and sig == signal.SIGKILL:
             kill = self._file("", "cgroup.kill")
             if kill and os.path.exists(kill):
@@ -266,54 +388,70 @@ class Cgroup:
             try:
                 _write(freezer, "FROZEN")
                 frozen = True
+                _wait_frozen(freezer)
             except CgroupError:
-                pass
+                pass  # the cgroup went away meanwhile, or cannot freeze: signal what is there
         try:
-            for pid in self.pids():
+            # The list of the hierarchy that was frozen, so it is the one that holds still.
+            procs = os.path.join(os.path.dirname(freezer), "cgroup.procs") if frozen else None
+            for pid in self._procs(procs):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
         finally:
             if frozen:
-                _write(freezer, "THAWED")
-
-    def remove(self, wait: bool = True) -> None:
-        """Remove the cgroup in every hierarchy. Idempotent. While processes are leaving it
-        (EBUSY) it is retried for a moment, unless `wait` is false."""
-        tries = _REMOVE_TRIES if wait else 1
-        for d in self.dirs():
-            for attempt in range(tries):
                 try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY or attempt == tries - 1:
-                        raise CgroupError(e.errno, f"removing cgroup {d}: {e.strerror} (processes in it: "
-                                          f"{self.pids()})") from None
-                    time.sleep(0.01)
+                    _write(freezer, "THAWED")  # a frozen task acts on no signal, not even SIGKILL
+                except CgroupNotFound:
+                    pass
+
+    def remove(self, wait: bool = True, recursive: bool = False) -> None:
+        """Remove the cgroup in every hierarchy; with `recursive`, the cgroups under it too,
+        deepest first (what a container that made its own sub-cgroups leaves). Idempotent.
+        While processes are leaving (EBUSY) it is retried for a moment, unless `wait` is false;
+        then the error names the directory and the processes left in it.
+
+        Not recursive by default, so that removing a shared parent ("the last pod out") fails
+        while other pods' cgroups are under it instead of taking their empty ones away."""
+        tries = _REMOVE_TRIES if wait else 1
+        for top in self.dirs():
+            if recursive:
+                # bottom-up, so children go before their parent; a missing top walks to nothing
+                for d, _, _ in os.walk(top, topdown=False):
+                    _rmdir(d, tries)
+            else:
+                _rmdir(top, tries)
 
     # -- stats ---------------------------------------------------------------------
 
     def stats(self) -> CgroupStats:
-        return self._stats_v2() if mode() == "v2" else self._stats_v1()
+        """CPU, memory and pids figures as kubelet and cadvisor compute them, from six files.
+        CgroupNotFound when the cgroup does not exist (or is being removed)."""
+        try:
+            return self._stats_v2() if mode() == "v2" else self._stats_v1()
+        except CgroupNotFound as e:
+            missing = getattr(e, "path", None)
+            if missing and os.path.isdir(os.path.dirname(missing)):
+                # There, but a controller is not enabled for it (v2) or lacks a file: not "gone".
+                raise CgroupError(errno.ENOENT, f"cgroup {self.path} has no {os.path.basename(e.path)}: "
+                                  "is its controller enabled?") from None
+            raise CgroupNotFound(errno.ENOENT, f"cgroup {self.path} does not exist") from None
 
     def _stats_v1(self) -> CgroupStats:
         s = CgroupStats()
-        s.cpu_usage_ns = int(_read(self._file("cpuacct", "cpuacct.usage")))
-        mem = parse_flat_keyed(_read(self._file("memory", "memory.stat")))
-        s.memory_usage = int(_read(self._file("memory", "memory.usage_in_bytes")))
+        s.cpu_usage_ns = int(_read(self._path("cpuacct", "cpuacct.usage")))
+        mem = parse_flat_keyed(_read(self._path("memory", "memory.stat")))
+        s.memory_usage = int(_read(self._path("memory", "memory.usage_in_bytes")))
         inactive = mem.get("total_inactive_file", mem.get("inactive_file", 0))
         s.memory_working_set = max(0, s.memory_usage - inactive)
         s.memory_rss = mem.get("total_rss", mem.get("rss", 0))
         s.memory_cache = mem.get("total_cache", mem.get("cache", 0))
         s.page_faults = mem.get("total_pgfault", mem.get("pgfault", 0))
         s.major_page_faults = mem.get("total_pgmajfault", mem.get("pgmajfault", 0))
-        limit = int(_read(self._file("memory", "memory.limit_in_bytes")))
-        s.memory_limit = None if limit >= 1 << 62 else limit
-        s.oom_kills = parse_flat_keyed(_read(self._file("memory", "memory.oom_control"))).get("oom_kill", 0)
+        limit = int(_read(self._path("memory", "memory.limit_in_bytes")))
+        s.memory_limit = None if limit >= 1 << 62 else limit  # unlimited reads as the page counter's max
+        s.oom_kills = parse_flat_keyed(_read(self._path("memory", "memory.oom_control"))).get("oom_kill", 0)
         pids = self._file("pids", "pids.current")
         if pids:
             s.pids_current = int(_read(pids))
@@ -344,11 +482,14 @@ class Cgroup:
         else:
             self._apply_v1(resources)
 
-    def _set(self, controller: str, name: str, value) -> None:
+    def _path(self, controller: str, name: str) -> str:
         path = self._file(controller, name)
         if path is None:
-            raise CgroupError(errno.ENOTSUP, f"the {controller} controller is not mounted: cannot set {name}")
-        _write(path, value)
+            raise CgroupError(errno.ENOTSUP, f"the {controller} controller is not mounted: no {name}")
+        return path
+
+    def _set(self, controller: str, name: str, value) -> None:
+        _write(self._path(controller, name), value)
 
     def _apply_v1(self, r: dict) -> None:
         cpu = r.get("cpu") or {}
@@ -362,18 +503,11 @@ class Cgroup:
             if cpu.get(key):
                 self._set("cpuset", f"cpuset.{key}", cpu[key])
         mem = r.get("memory") or {}
-        limit, swap = mem.get("limit"), mem.get("swap")
-        memsw = self._file("memory", "memory.memsw.limit_in_bytes")
-        has_memsw = memsw is not None and os.path.exists(memsw)
-        if limit:
-            # memsw must stay >= limit at every moment: raise the larger one first.
-            current = int(_read(self._file("memory", "memory.limit_in_bytes")))
-            order = ["limit", "swap"] if limit <= current or not has_memsw else ["swap", "limit"]
-            for which in order:
-                if which == "limit":
-                    self._set("memory", "memory.limit_in_bytes", limit)
-                elif swap and has_memsw:
-                    self._set("memory", "memory.memsw.limit_in_bytes", swap)
+        if mem.get("limit") or mem.get("swap"):
+            current = int(_read(self._path("memory", "memory.limit_in_bytes")))
+            has_memsw = os.path.exists(self._path("memory", "memory.memsw.limit_in_bytes"))
+            for name, value in v1_memory_writes(mem.get("limit"), mem.get("swap"), current, has_memsw):
+                self._set("memory", name, value)
         if mem.get("reservation"):
             self._set("memory", "memory.soft_limit_in_bytes", mem["reservation"])
         pids = (r.get("pids") or {}).get("limit")
@@ -398,21 +532,20 @@ class Cgroup:
         cpu = r.get("cpu") or {}
         if cpu.get("shares"):
             self._set("cpu", "cpu.weight", shares_to_weight(cpu["shares"]))
-        if cpu.get("quota") or cpu.get("period"):
-            quota = cpu.get("quota")
-            period = cpu.get("period") or 100000
-            self._set("cpu", "cpu.max", f"{quota if quota and quota > 0 else 'max'} {period}")
+        cpu_max = v2_cpu_max(cpu.get("quota"), cpu.get("period"))
+        if cpu_max:
+            self._set("cpu", "cpu.max", cpu_max)
         for key in ("cpus", "mems"):
             if cpu.get(key):
                 self._set("cpuset", f"cpuset.{key}", cpu[key])
         mem = r.get("memory") or {}
+        swap = v2_swap_max(mem.get("limit"), mem.get("swap"))
+        if swap is not None:
+            self._set("memory", "memory.swap.max", _v2_value(swap))
         if mem.get("limit"):
-            self._set("memory", "memory.max", mem["limit"] if mem["limit"] > 0 else "max")
-            swap = mem.get("swap")
-            if swap:
-                self._set("memory", "memory.swap.max", "max" if swap < 0 else max(0, swap - mem["limit"]))
+            self._set("memory", "memory.max", _v2_value(mem["limit"]))
         if mem.get("reservation"):
-            self._set("memory", "memory.low", mem["reservation"])
+            self._set("memory", "memory.low", _v2_value(mem["reservation"]))
         pids = (r.get("pids") or {}).get("limit")
         if pids is not None:
             self._set("pids", "pids.max", "max" if pids <= 0 else pids)
