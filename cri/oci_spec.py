@@ -13,7 +13,7 @@ import posixpath
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
 from shim import caps
-from shim.mounts import secure_join
+from shim.mounts import mount_of, secure_join
 
 OCI_VERSION = "1.1.0"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -154,6 +154,9 @@ def resolve_user(rootfs: str, user: str, group: int | None, supplemental: list[i
 def user_string(ctx: pb.LinuxContainerSecurityContext, image: dict) -> tuple[str, int | None]:
     """The user to resolve and an explicit group: the security context wins over the image."""
     group = ctx.run_as_group.value if ctx.HasField("run_as_group") else None
+    if group is not None and not ctx.run_as_username and not ctx.HasField("run_as_user"):
+        # As containerd and CRI-O refuse it: a group alone would pair with whatever user the image names.
+        raise InvalidArgument("security_context.run_as_group is set without run_as_user or run_as_username")
     if ctx.run_as_username:
         return ctx.run_as_username, group
     if ctx.HasField("run_as_user"):
@@ -222,6 +225,7 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
         if not os.path.exists(m.host_path):
             os.makedirs(m.host_path, mode=0o755, exist_ok=True)  # what kubelet expects, and containerd does
         source = os.path.realpath(m.host_path)
+        _check_propagation(m, source)
         options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw"]
         binds.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
     for dest, source in volumes:
@@ -235,6 +239,22 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
             continue
         defaults.append({"destination": dest, "type": kind, "source": source, "options": list(options)})
     return defaults + binds
+
+
+def _check_propagation(m: pb.Mount, source: str) -> None:
+    """Propagation needs a source on a mount that propagates (as containerd checks): else the
+    container would silently see nothing of what it was promised."""
+    if m.propagation not in (pb.PROPAGATION_BIDIRECTIONAL, pb.PROPAGATION_HOST_TO_CONTAINER):
+        return
+    point, optional = mount_of(source)
+    shared = any(o.startswith("shared:") for o in optional)
+    slave = any(o.startswith("master:") for o in optional)
+    if m.propagation == pb.PROPAGATION_BIDIRECTIONAL and not shared:
+        raise InvalidArgument(f"mount {m.container_path}: bidirectional propagation needs {m.host_path} on a "
+                              f"shared mount, but {point} is not shared")
+    if m.propagation == pb.PROPAGATION_HOST_TO_CONTAINER and not (shared or slave):
+        raise InvalidArgument(f"mount {m.container_path}: host-to-container propagation needs {m.host_path} on a "
+                              f"shared or slave mount, but {point} is private")
 
 
 def root_propagation(all_mounts: list[dict]) -> str | None:

@@ -199,7 +199,11 @@ class BuiltinExecutor:
         rootfs = os.path.join(self.bundle, root.get("path") or "rootfs")
         propagation = mounts.parse_options([lin.get("rootfsPropagation") or "rslave"])[1]
         linux.mount(None, "/", None, propagation)
+        # pivot_root refuses a shared new root or a shared mount under it, which an rshared "/"
+        # makes of both: the rootfs mount and its self-bind are made private (/ stays shared).
+        mounts.make_private_if_shared(rootfs)
         linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
+        mounts.make_private_if_shared(rootfs)
         binds = None
         if self.cgroup is not None:
             binds = v1_mount_sources(self.cgroup.path)

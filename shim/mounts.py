@@ -210,14 +210,43 @@ def bind_console(rootfs: str, pty_path: str) -> None:
     linux.mount(pty_path, console, None, linux.MS_BIND)
 
 
+def mount_of(path: str) -> tuple[str, list[str]]:
+    """The mount point `path` is on (itself, if it is one) and its propagation fields
+    ("shared:N", "master:N") from this process's mount table; of several mounts on one
+    point, the topmost (listed last)."""
+    best, optional = "", []
+    path = os.path.normpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, optional = point, fields[6:fields.index("-")]
+    return best, optional
+
+
+def make_private_if_shared(point: str) -> None:
+    """Make the topmost mount at `point` private if it is shared."""
+    _, optional = mount_of(point)
+    if any(o.startswith("shared:") for o in optional):
+        linux.mount(None, point, None, linux.MS_PRIVATE)
+
+
 def pivot(rootfs: str) -> None:
     """Make `rootfs` the root and let go of the old one entirely."""
-    os.chdir(rootfs)
-    linux.pivot_root(".", ".")
-    # The old root now sits on top of the new one: detach it without the
-    # unmount propagating back to the host.
-    linux.mount(None, ".", None, linux.MS_SLAVE | linux.MS_REC)
-    linux.umount(".", linux.MNT_DETACH)
+    old_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(rootfs)
+        linux.pivot_root(".", ".")
+        # The old root now sits on top of the new one. Standing in it (not in the new root,
+        # whose mounts would catch the next call), make it a slave so that detaching it does
+        # not propagate to the host, then detach it.
+        os.fchdir(old_root)
+        linux.mount(None, ".", None, linux.MS_SLAVE | linux.MS_REC)
+        linux.umount(".", linux.MNT_DETACH)
+    finally:
+        os.close(old_root)
     os.chdir("/")
 
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import time
 
 import grpc
@@ -482,3 +483,26 @@ def test_a_set_up_failure_fails_start_naming_the_mount(pods, busybox, tmp_path):
     status = pods.status(cid).status
     assert (status.state, status.reason, status.exit_code) == (pb.CONTAINER_EXITED, "StartError", 128)
     pods.remove(cid)
+
+
+def test_bidirectional_mount_propagates_both_ways(pods, busybox, tmp_path):
+    src = tmp_path / "shared"
+    src.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "cricket-test", str(src)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(src)], check=True)
+        config = pods.pod_config()
+        config.linux.security_context.privileged = True
+        pod = pods.run_pod(config)
+        ctx = pb.LinuxContainerSecurityContext(privileged=True)
+        cid = pods.run(pod, busybox, ["sleep", "1000"], security=ctx, mounts=[
+            pb.Mount(container_path="/shared", host_path=str(src), propagation=pb.PROPAGATION_BIDIRECTIONAL)])
+        (src / "from-host").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "host-made", str(src / "from-host")], check=True)
+        (src / "from-host" / "seen").write_text("yes\n")
+        assert pods.sh(cid, "cat /shared/from-host/seen") == "yes\n"
+        pods.sh(cid, "mkdir /shared/from-ctr && mount -t tmpfs ctr-made /shared/from-ctr && echo hi > /shared/from-ctr/x")
+        assert (src / "from-ctr" / "x").read_text() == "hi\n"
+        pods.remove_pod(pod)
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(src)], check=False)

@@ -68,7 +68,8 @@ def test_user_string_prefers_the_security_context():
     ctx = pb.LinuxContainerSecurityContext()
     assert oci_spec.user_string(ctx, {"User": "app:www"}) == ("app:www", None)
     ctx.run_as_group.value = 5
-    assert oci_spec.user_string(ctx, {"User": "app:www"}) == ("app", 5)
+    with pytest.raises(InvalidArgument, match="run_as_group is set without run_as_user"):
+        oci_spec.user_string(ctx, {"User": "app:www"})
     ctx.run_as_user.value = 7
     assert oci_spec.user_string(ctx, {"User": "app"}) == ("7", 5)
     ctx.run_as_username = "web"
@@ -97,8 +98,7 @@ def test_mounts_shallow_first_and_cri_mounts_win(tmp_path):
     host = tmp_path / "h"
     cfg = config(mounts=[pb.Mount(container_path="/a/b/c", host_path=str(host / "c")),
                          pb.Mount(container_path="/etc/hosts", host_path=str(host / "kubelet-hosts"), readonly=True),
-                         pb.Mount(container_path="/a", host_path=str(host / "a"),
-                                  propagation=pb.PROPAGATION_HOST_TO_CONTAINER)])
+                         pb.Mount(container_path="/a", host_path=str(host / "a"))])
     sandbox = [pb.Mount(container_path="/etc/hosts", host_path=str(host / "sandbox-hosts")),
                pb.Mount(container_path="/etc/hostname", host_path=str(host / "hostname"))]
     out = oci_spec.mounts(cfg, sandbox, [("/data", str(host / "vol"))])
@@ -107,7 +107,9 @@ def test_mounts_shallow_first_and_cri_mounts_win(tmp_path):
     hosts = next(m for m in binds if m["destination"] == "/etc/hosts")
     assert hosts["source"].endswith("kubelet-hosts") and "ro" in hosts["options"]
     assert (host / "c").is_dir()  # a missing host path is made, as kubelet expects
-    assert oci_spec.root_propagation(out) == "rslave"
+    assert oci_spec.root_propagation(out) is None
+    assert oci_spec.root_propagation([{"options": ["rbind", "rslave"]}]) == "rslave"
+    assert oci_spec.root_propagation([{"options": ["rslave"]}, {"options": ["rshared"]}]) == "rshared"
     assert [m["destination"] for m in out[:2]] == ["/proc", "/dev"]
 
 
@@ -120,3 +122,14 @@ def test_a_cri_dev_mount_replaces_every_default_under_dev(tmp_path):
 def test_relative_container_path_is_invalid(tmp_path):
     with pytest.raises(InvalidArgument, match="absolute"):
         oci_spec.mounts(config(mounts=[pb.Mount(container_path="rel", host_path=str(tmp_path))]), [], [])
+
+
+@pytest.mark.parametrize("propagation", [pb.PROPAGATION_BIDIRECTIONAL, pb.PROPAGATION_HOST_TO_CONTAINER])
+def test_propagation_from_a_private_mount_is_refused(tmp_path, propagation):
+    # tmp_path sits on a private mount on this host (the root is private here).
+    cfg = config(mounts=[pb.Mount(container_path="/p", host_path=str(tmp_path), propagation=propagation)])
+    point, optional = oci_spec.mount_of(str(tmp_path))
+    if any(o.startswith(("shared:", "master:")) for o in optional):
+        pytest.skip(f"{point} propagates on this host")
+    with pytest.raises(InvalidArgument, match="propagation needs"):
+        oci_spec.mounts(cfg, [], [])
