@@ -10,6 +10,7 @@ import re
 import stat
 
 from api.runtime.v1 import api_pb2 as pb
+from cri import seccomp_profile
 from cri.errors import InvalidArgument
 from shim import caps, cgroups
 
@@ -154,13 +155,12 @@ def seccomp(ctx: pb.LinuxContainerSecurityContext, capabilities: list[str]) -> d
         return None  # kubelet's own default is unconfined
     if kind == pb.SecurityProfile.Unconfined:
         return None
-    from cri import seccomp_profile  # TEMP-LAZY
     if kind == pb.SecurityProfile.RuntimeDefault:
         return seccomp_profile.default_profile(capabilities)
     if not ref or not os.path.isabs(ref):
         raise InvalidArgument(f"security_context.seccomp.localhost_ref {ref!r}: want an absolute path to a profile")
     try:
-        return seccomp_profile.load_localhost(ref)
+        return seccomp_profile.load_localhost(ref, capabilities)
     except ValueError as e:
         raise InvalidArgument(f"security_context.seccomp.localhost_ref: {e}") from None
 

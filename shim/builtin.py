@@ -23,7 +23,7 @@ import select
 import termios
 from dataclasses import dataclass
 
-from shim import caps, linux, mounts
+from shim import caps, linux, mounts, seccomp
 from shim.cgroups import Cgroup, v1_mount_sources
 
 REPORT_TIMEOUT = 30.0  # a child that says nothing this long is stuck
@@ -68,11 +68,24 @@ class BuiltinExecutor:
         self.spec = spec
         path = (spec.get("linux") or {}).get("cgroupsPath") or ""
         self.cgroup = Cgroup(path) if path else None
+        self._seccomp: seccomp.Filter | None = None
+
+    @property
+    def seccomp(self) -> seccomp.Filter | None:
+        """The spec's seccomp filter, compiled once, here on the host (see shim/seccomp.py)."""
+        profile = (self.spec.get("linux") or {}).get("seccomp")
+        if profile and self._seccomp is None:
+            try:
+                self._seccomp = seccomp.compile(profile)
+            except seccomp.SeccompError as e:
+                raise ExecutorError(f"seccomp: {e.strerror}") from None
+        return self._seccomp
 
     # -- the shim's side --------------------------------------------------------
 
     def create(self, stdio: Stdio) -> Held:
         """Set the container up to just before execve and hold it there. Raises ExecutorError."""
+        self.seccomp  # compiled before the child leaves the host's filesystem
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -114,6 +127,7 @@ class BuiltinExecutor:
     def exec(self, init_pid: int, process: dict, stdio: Stdio) -> int:
         """Run `process` in the namespaces and cgroup of the container whose first process is
         `init_pid`; return its pid. Raises ExecutorError, including for an execve failure."""
+        self.seccomp  # compiled before the child joins the container's mount namespace
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
@@ -182,7 +196,7 @@ class BuiltinExecutor:
         _set_rlimits(proc.get("rlimits"))
         _enter_cwd(proc.get("cwd") or "/")
         _install_stdio(stdio, keep={report_w, start_r})
-        confine = _Confinement(proc, lin.get("seccomp"))
+        confine = _Confinement(proc, self.seccomp)
         confine.before_user()
         _become_user(proc)
         _say(report_w, "ready")
@@ -242,7 +256,7 @@ class BuiltinExecutor:
         _enter_cwd(process.get("cwd") or "/", create=False)
         _install_stdio(stdio, keep={report_w})
         _set_rlimits(process.get("rlimits"))
-        confine = _Confinement(process, (self.spec.get("linux") or {}).get("seccomp"))
+        confine = _Confinement(process, self.seccomp)
         confine.before_user()
         _become_user(process)
         confine.before_execve()
@@ -393,19 +407,17 @@ class _Confinement:
     the set-up's own system calls are not filtered); without it, while the process still has
     CAP_SYS_ADMIN, which loading a filter then needs (so the filter must allow the rest)."""
 
-    def __init__(self, proc: dict, profile: dict | None):
-        self.profile = profile
+    def __init__(self, proc: dict, filter: seccomp.Filter | None):
+        self.filter = filter
         self.late = bool(proc.get("noNewPrivileges"))
 
     def before_user(self) -> None:
-        if self.profile and not self.late:
-            from shim import seccomp  # TEMP-LAZY
-            seccomp.install(self.profile)
+        if self.filter and not self.late:
+            self.filter.load()
 
     def before_execve(self) -> None:
-        if self.profile and self.late:
-            from shim import seccomp  # TEMP-LAZY
-            seccomp.install(self.profile)
+        if self.filter and self.late:
+            self.filter.load()
 
 
 def _execve(proc: dict, report_w: int) -> None:

@@ -69,6 +69,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_CAPGET = 125
 _SYS_CAPSET = 126
+_SYS_SECCOMP = 317
+_SECCOMP_SET_MODE_FILTER = 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -151,6 +153,17 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.syscall(_SYS_CAPSET, ctypes.byref(header), data), "capset")
+
+
+class _SockFprog(ctypes.Structure):  # struct sock_fprog: a BPF program of `len` 8-byte instructions
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
+    """Load a seccomp BPF program into the calling process (seccomp(2), SECCOMP_SET_MODE_FILTER)."""
+    prog = _SockFprog(len(program) // 8, program)
+    _check(_libc.syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(prog)),
+           f"seccomp(SET_MODE_FILTER) of {len(program) // 8} instructions")
 
 
 def last_cap() -> int:
