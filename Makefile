@@ -12,7 +12,7 @@ SHIM_STUBS := api/shim/v1/shim_pb2.py
 # Debian packages: what the daemon runs with, and what the tests and
 # benchmarks run against (a real registry, skopeo, busybox for test images,
 # containerd + runc as the peer).
-RUN_DEBS   := iproute2 iptables
+RUN_DEBS   := iproute2 iptables libseccomp2
 TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun
 BENCH_DEBS := containerd runc
 
