@@ -37,7 +37,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar
 
 VERSION = 3
 
@@ -171,7 +171,7 @@ class StreamClosedError(LocalProtocolError):
 # ---------------------------------------------------------------- frames and events
 
 HeaderPairs = tuple[tuple[str, str], ...]
-HeadersArg = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 def normalize_headers(headers: HeadersArg) -> HeaderPairs:
@@ -288,9 +288,9 @@ class StreamError:
     status_code: int
 
 
-Frame = Union[DataFrame, SynStream, SynReply, Headers, RstStream, Settings, Ping, GoAway,
-              WindowUpdate]
-Event = Union[Frame, PingAcknowledged, StreamError]
+Frame = (DataFrame | SynStream | SynReply | Headers | RstStream | Settings | Ping | GoAway
+         | WindowUpdate)
+Event = Frame | PingAcknowledged | StreamError
 
 # ------------------------------------------------------------- header blocks
 
@@ -1074,7 +1074,7 @@ class Connection:
         if stream.pending or stream.pending_fin:
             self._flush(stream)
 
-    _handlers = {
+    _handlers: ClassVar[dict] = {
         SynStream: _on_syn_stream,
         SynReply: _on_syn_reply,
         Headers: _on_headers,

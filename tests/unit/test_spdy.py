@@ -12,11 +12,34 @@ import pytest
 
 from cri.streaming import spdy
 from cri.streaming.spdy import (
-    CANCEL, FLOW_CONTROL_ERROR, INVALID_STREAM, PROTOCOL_ERROR, STREAM_ALREADY_CLOSED,
-    Connection, DataFrame, FrameParser, GoAway, GoAwayStatus, HeaderCompressor,
-    HeaderDecompressor, Headers, LocalProtocolError, Ping, PingAcknowledged, ProtocolError,
-    RstStream, Settings, SettingsId, StreamClosedError, StreamError, StreamState, SynReply,
-    SynStream, WindowUpdate, encode_frame)
+    CANCEL,
+    FLOW_CONTROL_ERROR,
+    INVALID_STREAM,
+    PROTOCOL_ERROR,
+    STREAM_ALREADY_CLOSED,
+    Connection,
+    DataFrame,
+    FrameParser,
+    GoAway,
+    GoAwayStatus,
+    HeaderCompressor,
+    HeaderDecompressor,
+    Headers,
+    LocalProtocolError,
+    Ping,
+    PingAcknowledged,
+    ProtocolError,
+    RstStream,
+    Settings,
+    SettingsId,
+    StreamClosedError,
+    StreamError,
+    StreamState,
+    SynReply,
+    SynStream,
+    WindowUpdate,
+    encode_frame,
+)
 
 DICT = spdy.HEADER_DICTIONARY
 
