@@ -1,18 +1,15 @@
 """cricketd's side of the shim protocol: the zygote it starts, and a client per shim."""
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
 
 from api.shim.v1 import shim_pb2 as pb
-from shim import channel
-from shim.framing import FrameReader, encode
+from shim.client import call
 
 log = logging.getLogger(__name__)
 
@@ -138,57 +135,3 @@ class ShimClient:
     async def shutdown(self) -> None:
         await self._ok(pb.Request(shutdown=pb.ShutdownRequest()))
 
-
-# -- the transport: one request per connection (see api/shim/v1/shim.proto) --------------
-
-
-async def _read_frame(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """One frame from a non-blocking socket, and any descriptors sent with it.
-
-    asyncio's streams cannot carry descriptors, so this reads with recvmsg
-    whenever the loop says the socket is readable.
-    """
-    loop = asyncio.get_running_loop()
-    reader = FrameReader()
-    fds: list[int] = []
-    while True:
-        try:
-            data, got = channel.recv(sock)
-        except BlockingIOError:
-            ready = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(sock.fileno())
-            continue
-        fds.extend(got)
-        if not data:
-            for fd in fds:
-                os.close(fd)
-            raise channel.ChannelClosed("connection closed before a whole frame arrived")
-        frames = reader.feed(data)
-        if frames:
-            return frames[0], fds
-
-
-async def call(path: str, payload: bytes, fds=()) -> bytes:
-    """Send one request to the server listening at `path` and return its answer."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    try:
-        with channel.reachable(path) as name:
-            await loop.sock_connect(sock, name)
-        frame = encode(payload)
-        if fds:
-            # The descriptors ride on the first byte; a unix socket's buffer always takes one.
-            socket.send_fds(sock, [frame[:1]], list(fds))
-            frame = frame[1:]
-        await loop.sock_sendall(sock, frame)
-        answer, extra = await _read_frame(sock)
-        for fd in extra:
-            os.close(fd)
-        return answer
-    finally:
-        sock.close()
