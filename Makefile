@@ -11,14 +11,15 @@ SHIM_STUBS := api/shim/v1/shim_pb2.py
 
 # Debian packages: what the daemon runs with, and what the tests and
 # benchmarks run against (a real registry, skopeo, busybox for test images,
-# containerd + runc as the peer).
+# containerd + runc as the peer, the reference CNI plugins to compare with).
 RUN_DEBS   := iproute2 iptables libseccomp2
-TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun
+TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun containernetworking-plugins
 BENCH_DEBS := containerd runc
 
 .PHONY: install run test bench proto deps-run deps-test deps-bench clean
 
 install: deps-run $(VENV)/.installed proto
+	$(VENV)/bin/cricket-cni-install
 
 run: install
 	$(VENV)/bin/cricketd $(ARGS)

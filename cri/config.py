@@ -44,6 +44,12 @@ class RuntimeHandler:
 
 
 @dataclass
+class CniConfig:
+    conf_dir: str = "/etc/cni/net.d"
+    bin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+
+
+@dataclass
 class ImageConfig:
     max_concurrent_downloads: int = 3
     pull_retries: int = 3
@@ -57,6 +63,7 @@ class Config:
     state_dir: str = "/run/cricket"
     log_level: str = "info"
     image: ImageConfig = field(default_factory=ImageConfig)
+    cni: CniConfig = field(default_factory=CniConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)
     # None: runc and crun, where installed. {} (an empty [runtimes] table): none but the built-in.
     runtimes: dict[str, RuntimeHandler] | None = None
@@ -78,8 +85,8 @@ def _build(cls, table: dict, where: str):
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = f"{where}.{key}" if where else key
-        if isinstance(default, ImageConfig):
-            value = _build(ImageConfig, _table(value, name), name)
+        if isinstance(default, (ImageConfig, CniConfig)):
+            value = _build(type(default), _table(value, name), name)
         elif key == "registries" and cls is Config:
             value = {
                 host: _build(RegistryHost, _table(t, f"{name}.{host}"), f"{name}.{host}")

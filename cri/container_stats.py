@@ -80,6 +80,45 @@ def _cpu_and_memory(rates: _Rates, path: str, now: int) -> tuple[pb.CpuUsage, pb
     return cpu, mem, stats.pids_current
 
 
+def parse_net_dev(text: str) -> dict[str, tuple[int, int, int, int]]:
+    """/proc/net/dev: interface -> (rx bytes, rx errors, tx bytes, tx errors)."""
+    out = {}
+    for line in text.splitlines()[2:]:
+        name, _, counters = line.partition(":")
+        fields = counters.split()
+        if len(fields) >= 11:
+            out[name.strip()] = (int(fields[0]), int(fields[2]), int(fields[8]), int(fields[10]))
+    return out
+
+
+def network_usage(rt: Runtime, s: Sandbox, now: int) -> pb.NetworkUsage | None:
+    """The pod's interface counters, read through a process of the pod's network namespace."""
+    if not s.rec.netns:
+        return None  # on the host's network: the node's counters are not the pod's
+    pids = [c.rec.pid for c in rt.containers_of(s.id) if c.rec.state == RUNNING and c.rec.pid]
+    pids += [s.rec.pod_init_pid] if s.rec.pod_init_pid else []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/net/dev") as f:
+                counters = parse_net_dev(f.read())
+            break
+        except OSError:
+            continue
+    else:
+        return None
+    usage = pb.NetworkUsage(timestamp=now)
+    for name, (rx, rx_err, tx, tx_err) in sorted(counters.items()):
+        if name == "lo":
+            continue
+        iface = pb.NetworkInterfaceUsage(name=name)
+        iface.rx_bytes.value, iface.rx_errors.value = rx, rx_err
+        iface.tx_bytes.value, iface.tx_errors.value = tx, tx_err
+        usage.interfaces.append(iface)
+        if name == "eth0":
+            usage.default_interface.CopyFrom(iface)
+    return usage
+
+
 def container_stats(rt: Runtime, rates: _Rates, c: Container) -> pb.ContainerStats:
     config = pb.ContainerConfig.FromString(c.rec.config)
     now = time.time_ns()
@@ -112,6 +151,9 @@ def sandbox_stats(rt: Runtime, rates: _Rates, s: Sandbox) -> pb.PodSandboxStats:
         out.linux.process.process_count.value = pids
     except CgroupNotFound:
         pass  # a stopped pod whose cgroup is gone has only its containers' stats
+    network = network_usage(rt, s, now)
+    if network is not None:
+        out.linux.network.CopyFrom(network)
     for c in rt.containers_of(s.id):
         if c.rec.state == RUNNING:
             try:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from cni.runtime import Network
 from cri.config import Config, runtime_handlers
 from cri.errors import NotFound
 from cri.layout import Layout
@@ -87,6 +88,7 @@ class Runtime:
         self.images = images
         self.zygote = Zygote(config.state_dir)
         self.handlers = runtime_handlers(config)  # OCI runtimes by handler name, beside the built-in
+        self.network = Network(config.cni.conf_dir, config.cni.bin_dirs, config.state_dir)
         self.sandboxes: dict[str, Sandbox] = {}
         self.containers: dict[str, Container] = {}
         # Digests and chain IDs that running pulls hold (set by the daemon's wiring).
@@ -97,6 +99,7 @@ class Runtime:
             if c.watcher is not None:
                 c.watcher.cancel()
         self.zygote.stop()
+        self.network.close()
         self.records.close()
 
     # -- lookups ---------------------------------------------------------------------

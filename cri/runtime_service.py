@@ -51,15 +51,11 @@ class RuntimeService(
 
     @handle_errors
     async def Status(self, request, context):
-        conditions = [
-            pb.RuntimeCondition(type="RuntimeReady", status=True),
-            pb.RuntimeCondition(
-                type="NetworkReady",
-                status=False,
-                reason="NetworkPluginNotReady",
-                message="cricket has no pod network yet: CNI support is not built",
-            ),
-        ]
+        problem = self.rt.network.problem()
+        network = pb.RuntimeCondition(type="NetworkReady", status=not problem)
+        if problem:
+            network.reason, network.message = "NetworkPluginNotReady", f"cni: {problem}"
+        conditions = [pb.RuntimeCondition(type="RuntimeReady", status=True), network]
         info = {}
         if request.verbose:
             info["config"] = json.dumps(self.rt.config.as_dict())

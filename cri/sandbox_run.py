@@ -10,7 +10,8 @@ import time
 from api.runtime.v1 import api_pb2 as pb
 from cri import security
 from cri.config import BUILTIN_HANDLER
-from cri.errors import AlreadyExists, InvalidArgument, handle_errors
+from cni.spec import CniError, result_ips
+from cri.errors import AlreadyExists, InvalidArgument, RuntimeFailure, handle_errors
 from cri.records import SANDBOX_NOTREADY, SANDBOX_READY, NameInUse, SandboxRecord
 from cri.runtime import Runtime, Sandbox, proc_start_time
 from cri.sandbox_files import write_sandbox_files
@@ -78,6 +79,10 @@ async def run_pod_sandbox(rt: Runtime, config: pb.PodSandboxConfig, handler: str
             rec.state = SANDBOX_READY
             rt.save(sandbox)
     except BaseException:
+        try:
+            await detach_network(rt, rec)
+        except RuntimeFailure as e:
+            log.warning("%s", e)
         remove_sandbox_files(rt, rec)
         rt.records.remove_sandbox(rec.id)
         del rt.sandboxes[rec.id]
@@ -107,6 +112,9 @@ async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) ->
                                        security.pod_sysctls(config))
     rec.netns, rec.ipcns, rec.utsns = paths["net"], paths["ipc"], paths["uts"]
 
+    if not host_network:
+        rec.ips = await _attach_network(rt, rec, config)
+
     if ns.ipc == pb.POD:
         shm = layout.sandbox_shm(rec.id)
         os.mkdir(shm, 0o755)
@@ -121,6 +129,47 @@ async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) ->
         parent.apply(security.resources(config.linux.resources))  # a parent kubelet made, kubelet limits
     if ns.pid == pb.POD:
         await ensure_pod_init(rt, sandbox)
+
+
+POD_INTERFACE = "eth0"
+
+
+def _runtime_config(config: pb.PodSandboxConfig) -> dict:
+    """The CNI capability arguments: the pod's host ports and DNS."""
+    out: dict = {}
+    ports = [{"hostPort": m.host_port, "containerPort": m.container_port,
+              "protocol": pb.Protocol.Name(m.protocol).lower(), "hostIP": m.host_ip}
+             for m in config.port_mappings if m.host_port > 0]
+    if ports:
+        out["portMappings"] = ports
+    dns = config.dns_config
+    if dns.servers or dns.searches or dns.options:
+        out["dns"] = {"servers": list(dns.servers), "searches": list(dns.searches), "options": list(dns.options)}
+    return out
+
+
+def _cni_args(rec: SandboxRecord, config: pb.PodSandboxConfig) -> dict[str, str]:
+    # What kubelet's runtimes pass, for plugins that tell pods apart by name.
+    meta = config.metadata
+    return {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": meta.namespace, "K8S_POD_NAME": meta.name,
+            "K8S_POD_INFRA_CONTAINER_ID": rec.id, "K8S_POD_UID": meta.uid}
+
+
+async def _attach_network(rt: Runtime, rec: SandboxRecord, config: pb.PodSandboxConfig) -> list[str]:
+    try:
+        result = await rt.network.add(rec.id, rec.netns, POD_INTERFACE, _runtime_config(config),
+                                      _cni_args(rec, config))
+    except CniError as e:
+        raise RuntimeFailure(f"setting up the network of pod sandbox {rec.id}: {e}") from None
+    return result_ips(result, POD_INTERFACE)
+
+
+async def detach_network(rt: Runtime, rec: SandboxRecord) -> None:
+    """CNI DEL for the pod; a no-op when it has no network set up (or had it torn down)."""
+    try:
+        await rt.network.delete(rec.id, rec.netns, POD_INTERFACE)
+    except CniError as e:
+        raise RuntimeFailure(f"tearing down the network of pod sandbox {rec.id}: {e}") from None
 
 
 async def ensure_pod_init(rt: Runtime, sandbox: Sandbox) -> int:

@@ -9,7 +9,7 @@ from cri.container_stop import stop_container
 from cri.errors import NotFound, handle_errors
 from cri.records import SANDBOX_NOTREADY
 from cri.runtime import Runtime, Sandbox
-from cri.sandbox_run import release_sandbox
+from cri.sandbox_run import detach_network, release_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,7 @@ async def stop_sandbox(rt: Runtime, s: Sandbox) -> None:
     # Containers first, all at once: a stopped pod has nothing running (timeout 0, as containerd).
     await asyncio.gather(*(stop_container(rt, c, 0) for c in rt.containers_of(s.id)))
     async with s.lock:
+        await detach_network(rt, s.rec)  # before the namespace goes: a failure keeps it for a retry
         release_sandbox(rt, s.rec)
         if s.rec.state != SANDBOX_NOTREADY:
             s.rec.state = SANDBOX_NOTREADY

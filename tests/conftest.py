@@ -11,6 +11,8 @@ import shutil
 
 import pytest
 
+from cri.sandbox_run import CGROUP_ROOT
+from shim.cgroups import Cgroup
 from tests.fixtures import images
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.registry import REGISTRY_BINARY, start_registry
@@ -38,6 +40,17 @@ def _workdir(tmp_path_factory, name):
         yield str(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cricket_cgroup_parent():
+    """Pods without a cgroup parent go under /cricket, which daemons share and so leave in
+    place: it goes at the end of the session if the session made it (and it is empty)."""
+    existed = any(os.path.isdir(d) for d in Cgroup(CGROUP_ROOT).dirs())
+    yield
+    if not existed:
+        with contextlib.suppress(OSError):
+            Cgroup(CGROUP_ROOT).remove(wait=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Start a real cricketd in temporary directories and talk CRI to it over its socket."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,20 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
+from cni.install import install_plugins
 
 START_TIMEOUT = 20
+
+
+def loopback_network(workdir: str) -> str:
+    """The [cni] table of a network with nothing but lo, in workdir: pods get their own network
+    namespace, and no test touches the host's /etc/cni/net.d or bridges unless it means to."""
+    conf_dir, bin_dir = os.path.join(workdir, "net.d"), os.path.join(workdir, "cni-bin")
+    install_plugins(bin_dir)
+    os.makedirs(conf_dir, exist_ok=True)
+    with open(os.path.join(conf_dir, "10-loopback.conflist"), "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}, f)
+    return f'\n[cni]\nconf_dir = "{conf_dir}"\nbin_dirs = ["{bin_dir}"]\n'
 
 
 class Cricketd:
@@ -27,6 +40,8 @@ class Cricketd:
         self.socket = os.path.join(workdir, "cricket.sock")
         self.config_path = os.path.join(workdir, "config.toml")
         self.log_path = os.path.join(workdir, "cricketd.log")
+        if "[cni]" not in config:
+            config += loopback_network(workdir)
         with open(self.config_path, "w") as f:
             f.write(config)
         self.proc: subprocess.Popen | None = None
