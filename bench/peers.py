@@ -88,9 +88,10 @@ class Peer:
 class Cricket(Peer):
     name = "cricket"
 
-    def __init__(self, registries=()):
+    def __init__(self, registries=(), extra_config: str = ""):
         self.workdir = self._make_workdir()
-        self.daemon = _QuietCricketd(self.workdir, registry_config(*registries) if registries else "")
+        config = (registry_config(*registries) if registries else "") + extra_config
+        self.daemon = _QuietCricketd(self.workdir, config)
         self.root_dir = self.daemon.root
 
     def _start(self) -> None:
@@ -121,7 +122,7 @@ class Containerd(Peer):
 
     name = "containerd"
 
-    def __init__(self, registries=(), sandbox_image: str = ""):
+    def __init__(self, registries=(), sandbox_image: str = "", cni_conf_dir: str = "", cni_bin_dir: str = ""):
         self.workdir = self._make_workdir()
         self.socket = os.path.join(self.workdir, "containerd.sock")
         self.log_path = os.path.join(self.workdir, "containerd.log")
@@ -130,7 +131,8 @@ class Containerd(Peer):
         self.proc: subprocess.Popen | None = None
         self._channel: grpc.Channel | None = None
         with open(self.config_path, "w") as f:
-            f.write(containerd_config(self.workdir, self.root_dir, self.socket, registries, sandbox_image))
+            f.write(containerd_config(self.workdir, self.root_dir, self.socket, registries, sandbox_image,
+                                      cni_conf_dir, cni_bin_dir))
 
     def _start(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -179,7 +181,8 @@ class Containerd(Peer):
             print(f"bench: left cgroup /k8s.io in place: {e}", file=sys.stderr)
 
 
-def containerd_config(workdir: str, root_dir: str, socket: str, registries, sandbox_image: str = "") -> str:
+def containerd_config(workdir: str, root_dir: str, socket: str, registries, sandbox_image: str = "",
+                      cni_conf_dir: str = "", cni_bin_dir: str = "") -> str:
     """containerd 1.6 config: everything it writes lives under workdir; each registry is
     reached over plain HTTP through a hosts.toml (the non-deprecated way)."""
     hosts_dir = os.path.join(workdir, "certs.d")
@@ -192,9 +195,11 @@ def containerd_config(workdir: str, root_dir: str, socket: str, registries, sand
                 f'[host."http://{reg.host}"]\n'
                 f'  capabilities = ["pull", "resolve"]\n'
             )
-    # An empty CNI dir: the host's network config is none of the benchmark's business.
-    cni_dir = os.path.join(workdir, "cni")
+    # Unless a benchmark brings a network, an empty CNI dir: the host's network config is
+    # none of the benchmark's business.
+    cni_dir = cni_conf_dir or os.path.join(workdir, "cni")
     os.makedirs(cni_dir, exist_ok=True)
+    cni_bin = f'    bin_dir = "{cni_bin_dir}"\n' if cni_bin_dir else ""
     sandbox = f'  sandbox_image = "{sandbox_image}"\n' if sandbox_image else ""
     return f"""\
 version = 2
@@ -215,7 +220,7 @@ temp = "{workdir}/tmp"
     snapshotter = "overlayfs"
   [plugins."io.containerd.grpc.v1.cri".cni]
     conf_dir = "{cni_dir}"
-  [plugins."io.containerd.grpc.v1.cri".registry]
+{cni_bin}  [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{hosts_dir}"
 """
 
