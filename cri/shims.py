@@ -129,6 +129,15 @@ class ShimClient:
     async def wait_exec(self, exec_id: str) -> int:
         return (await self._ok(pb.Request(wait=pb.WaitRequest(exec_id=exec_id)))).exit_code
 
+    async def attach(self, stdin: int | None, stdout: int | None, stderr: int | None) -> None:
+        """Hand the shim a stdin source and output sinks for the container's stdio (see shim.proto)."""
+        fds = [fd for fd in (stdin, stdout, stderr) if fd is not None]
+        await self._ok(pb.Request(attach=pb.AttachRequest(
+            has_stdin=stdin is not None, has_stdout=stdout is not None, has_stderr=stderr is not None)), fds)
+
+    async def resize(self, width: int, height: int) -> None:
+        await self._ok(pb.Request(resize=pb.ResizeRequest(width=width, height=height)))
+
     async def reopen_log(self) -> None:
         await self._ok(pb.Request(reopen_log=pb.ReopenLogRequest()))
 

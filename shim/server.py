@@ -15,11 +15,14 @@ of its own).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import selectors
 import signal
 import socket
+import struct
+import termios
 import time
 import traceback
 
@@ -60,13 +63,27 @@ def write_exit_file(path: str, record: dict) -> None:
 
 
 class _Output:
-    """One stream of the container's output, relayed to the CRI log."""
+    """One stream of the container's output, relayed to the CRI log and to attached clients."""
 
     def __init__(self, shim: "Shim", fd: int, stream: str, line_max: int):
         self.shim = shim
         self.fd = fd
+        self.stream = stream
         self.formatter = LogFormatter(stream, line_max)
         self.open = True
+        self.sinks: list[int] = []  # attached clients' descriptors, non-blocking
+
+    def _copy(self, data: bytes) -> None:
+        # An attached client that does not keep up loses its attachment, never the container
+        # its output: the shim does not wait on a client.
+        for sink in list(self.sinks):
+            try:
+                if os.write(sink, data) == len(data):
+                    continue
+            except OSError:
+                pass
+            self.sinks.remove(sink)
+            os.close(sink)
 
     def on_readable(self) -> None:
         try:
@@ -79,6 +96,7 @@ class _Output:
             data = b""
         if data:
             self.shim.write_log(self.formatter.feed(data))
+            self._copy(data)
             return
         self.close()
 
@@ -86,10 +104,70 @@ class _Output:
         if not self.open:
             return
         self.open = False
+        for sink in self.sinks:
+            os.close(sink)  # the attached clients see the end of the output
+        self.sinks = []
         self.shim.sel.unregister(self.fd)
         self.shim.write_log(self.formatter.finish())
         os.close(self.fd)
         self.shim.output_closed()
+
+
+class _StdinRelay:
+    """An attached client's input, copied to the container's stdin. When the container does
+    not read, the client's source is left unread until its stdin has room again."""
+
+    def __init__(self, shim: "Shim", source: int):
+        self.shim = shim
+        self.source = source
+        self.pending = b""
+        os.set_blocking(source, False)
+        shim.sel.register(source, selectors.EVENT_READ, self.on_readable)
+        self.reading = True
+
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.source, _READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(eof=True)
+            return
+        self.pending = data
+        self.on_writable()
+
+    def on_writable(self) -> None:
+        target = self.shim.stdin_w
+        if target is None:
+            self.close(eof=False)
+            return
+        try:
+            written = os.write(target, self.pending)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self.close(eof=False)
+            return
+        self.pending = self.pending[written:]
+        if self.pending and self.reading:  # wait for room: stop reading the client, watch the stdin
+            self.shim.sel.unregister(self.source)
+            self.reading = False
+            self.shim.watch_stdin(self.on_writable)
+        elif not self.pending and not self.reading:
+            self.shim.watch_stdin(None)
+            self.shim.sel.register(self.source, selectors.EVENT_READ, self.on_readable)
+            self.reading = True
+
+    def close(self, eof: bool) -> None:
+        self.shim.watch_stdin(None)
+        if self.reading:
+            self.shim.sel.unregister(self.source)
+        os.close(self.source)
+        self.shim.stdin_relays.remove(self)
+        if eof and self.shim.args.stdin_once:
+            self.shim.close_stdin()  # the first client's end is the container's end of input
 
 
 class _Conn:
@@ -122,6 +200,8 @@ class Shim:
         self.executor: BuiltinExecutor | None = None
         self.outputs: list[_Output] = []
         self.stdin_w: int | None = None
+        self.stdin_relays: list[_StdinRelay] = []
+        self._stdin_watched = False
         self.log_fd: int | None = None
         self.exec_pids: dict[str, int] = {}
         self.statuses: dict[int, int] = {}  # reaped pid -> exit code
@@ -208,6 +288,8 @@ class Shim:
                 os.close(fd)
         for out in self.outputs:
             os.set_blocking(out.fd, False)
+        if self.stdin_w is not None:
+            os.set_blocking(self.stdin_w, False)
 
     def _open_log(self) -> None:
         if self.args.log_path:
@@ -325,6 +407,10 @@ class Shim:
             return pb.Response()
         if call == "shutdown":
             return self._shutdown()
+        if call == "attach":
+            return self._attach(req.attach, conn)
+        if call == "resize":
+            return self._resize(req.resize)
         return pb.Response(error=f"unknown request {call!r}")
 
     # -- requests ---------------------------------------------------------------
@@ -397,6 +483,54 @@ class Shim:
         self.exec_pids[req.exec_id] = pid
         return pb.Response(pid=pid)
 
+    def _attach(self, req: pb.AttachRequest, conn: _Conn) -> pb.Response:
+        wanted = [name for name, flag in (("stdin", req.has_stdin), ("stdout", req.has_stdout),
+                                          ("stderr", req.has_stderr)) if flag]
+        if len(conn.fds) != len(wanted):
+            return pb.Response(error=f"attach wants {len(wanted)} descriptors, got {len(conn.fds)}")
+        if req.has_stdin and self.stdin_w is None:
+            return pb.Response(error="the container's stdin is not open: it was created without stdin, "
+                                     "or its stdin was closed (stdin_once)")
+        fds, conn.fds = dict(zip(wanted, conn.fds)), []  # the shim keeps them now
+        for name in ("stdout", "stderr"):
+            if name not in fds:
+                continue
+            os.set_blocking(fds[name], False)
+            # A tty container's output is all on its terminal: stdout.
+            out = next((o for o in self.outputs if o.open and o.stream == name), None)
+            if out is None:
+                os.close(fds[name])  # that output has ended (or a tty has no stderr): EOF at once
+            else:
+                out.sinks.append(fds[name])
+        if "stdin" in fds:
+            self.stdin_relays.append(_StdinRelay(self, fds["stdin"]))
+        return pb.Response()
+
+    def _resize(self, req: pb.ResizeRequest) -> pb.Response:
+        if not self.args.tty:
+            return pb.Response(error="the container has no terminal to resize")
+        terminal = next((o.fd for o in self.outputs if o.open), None)
+        if terminal is None:
+            return pb.Response()  # the container's terminal is gone with it
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", req.height, req.width, 0, 0))
+        return pb.Response()
+
+    def watch_stdin(self, on_writable) -> None:
+        """Call on_writable when the container's stdin has room (None: stop watching)."""
+        if self._stdin_watched:
+            self.sel.unregister(self.stdin_w)
+            self._stdin_watched = False
+        if on_writable is not None and self.stdin_w is not None:
+            self.sel.register(self.stdin_w, selectors.EVENT_WRITE, on_writable)
+            self._stdin_watched = True
+
+    def close_stdin(self) -> None:
+        for relay in list(self.stdin_relays):
+            relay.close(eof=False)
+        if self.stdin_w is not None:
+            os.close(self.stdin_w)
+            self.stdin_w = None
+
     def _shutdown(self) -> pb.Response:
         if self.held is not None:
             # Created, never started: the held process exits when let go.
@@ -439,9 +573,7 @@ class Shim:
             if self._oom_killed():
                 self.state.reason = "OOMKilled"
                 self.state.message = "the kernel's OOM killer ended a process of the container at its memory limit"
-        if self.stdin_w is not None:
-            os.close(self.stdin_w)
-            self.stdin_w = None
+        self.close_stdin()
         if not any(out.open for out in self.outputs):
             self._finish()
         else:
