@@ -50,6 +50,12 @@ class CniConfig:
 
 
 @dataclass
+class StreamingConfig:
+    address: str = "127.0.0.1"  # where the Exec/Attach/PortForward URLs point
+    port: int = 0  # 0: a free port, chosen at start
+
+
+@dataclass
 class ImageConfig:
     max_concurrent_downloads: int = 3
     pull_retries: int = 3
@@ -64,6 +70,7 @@ class Config:
     log_level: str = "info"
     image: ImageConfig = field(default_factory=ImageConfig)
     cni: CniConfig = field(default_factory=CniConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)
     # None: runc and crun, where installed. {} (an empty [runtimes] table): none but the built-in.
     runtimes: dict[str, RuntimeHandler] | None = None
@@ -85,7 +92,7 @@ def _build(cls, table: dict, where: str):
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = f"{where}.{key}" if where else key
-        if isinstance(default, (ImageConfig, CniConfig)):
+        if isinstance(default, (ImageConfig, CniConfig, StreamingConfig)):
             value = _build(type(default), _table(value, name), name)
         elif key == "registries" and cls is Config:
             value = {

@@ -14,6 +14,7 @@ from cri.container_start import ContainerStart
 from cri.container_stats import ContainerStats
 from cri.container_status import ContainerStatusVerbs
 from cri.container_stop import ContainerStop
+from cri.container_stream import ContainerStream
 from cri.container_update import ContainerUpdate
 from cri.config import BUILTIN_HANDLER
 from cri.errors import handle_errors
@@ -22,6 +23,7 @@ from cri.sandbox_remove import SandboxRemove
 from cri.sandbox_run import SandboxRun
 from cri.sandbox_status import SandboxStatusVerbs
 from cri.sandbox_stop import SandboxStop
+from cri.streaming.server import StreamingServer
 from cri.unimplemented import answer_unimplemented
 
 RUNTIME_NAME = "cricket"
@@ -34,11 +36,12 @@ KUBE_API_VERSION = "0.1.0"
 class RuntimeService(
     SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs,
     ContainerCreate, ContainerStart, ContainerStop, ContainerRemove, ContainerStatusVerbs,
-    ContainerExec, ContainerLog, ContainerStats, ContainerUpdate,
+    ContainerExec, ContainerStream, ContainerLog, ContainerStats, ContainerUpdate,
     pb_grpc.RuntimeServiceServicer,
 ):
-    def __init__(self, rt: Runtime):
+    def __init__(self, rt: Runtime, streaming: StreamingServer):
         self.rt = rt
+        self.streaming = streaming
 
     @handle_errors
     async def Version(self, request, context):

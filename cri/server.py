@@ -17,6 +17,7 @@ from cri.image_service import ImageService
 from cri.recover import recover
 from cri.runtime import Runtime
 from cri.runtime_service import RuntimeService
+from cri.streaming.server import StreamingServer
 from image.pull import Puller
 from image.registry import HostConfig, RegistryClient
 from image.store import ImageStore
@@ -78,8 +79,10 @@ async def serve(config: Config) -> None:
     recover(rt)
     rt.collect_image_garbage()
 
+    streaming = StreamingServer(rt, config.streaming.address, config.streaming.port)
+    await streaming.start()
     server = grpc.aio.server()
-    pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(rt), server)
+    pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(rt, streaming), server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageService(store, puller, rt.collect_image_garbage), server)
     # We hold the lock, so a socket file still there is a dead daemon's.
     try:
@@ -105,6 +108,7 @@ async def serve(config: Config) -> None:
 
     log.info("stopping")
     await server.stop(STOP_GRACE_SECONDS)
+    await streaming.stop()
     await client.aclose()
     rt.close()
     store.close()
