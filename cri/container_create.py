@@ -71,6 +71,7 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
     except BaseException:
         await discard_container(rt, c)
         raise
+    rt.events.emit(pb.CONTAINER_CREATED_EVENT, rec.sandbox_id, rec.id)
     return c
 
 

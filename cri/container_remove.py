@@ -67,6 +67,7 @@ async def remove_container(rt: Runtime, c: Container) -> None:
         await release_container(rt, c)
         rt.records.remove_container(c.id)
         del rt.containers[c.id]
+    rt.events.emit(pb.CONTAINER_DELETED_EVENT, c.rec.sandbox_id, c.id)
     rt.collect_image_garbage()  # its image's layers may be unused now
 
 

@@ -33,11 +33,13 @@ async def start_container(rt: Runtime, c: Container) -> None:
             rec.exit_code, rec.reason, rec.message = START_ERROR_EXIT_CODE, "StartError", str(e)
             rt.save(c)
             c.exited.set()
+            rt.events.emit(pb.CONTAINER_STOPPED_EVENT, rec.sandbox_id, rec.id)
             raise RuntimeFailure(f"failed to start container {rec.id}: {e}") from None
         rec.state = RUNNING
         rec.started_at = state.started_at
         rt.save(c)
         rt.watch(c)
+    rt.events.emit(pb.CONTAINER_STARTED_EVENT, rec.sandbox_id, rec.id)
 
 
 class ContainerStart:

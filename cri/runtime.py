@@ -16,9 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from api.runtime.v1 import api_pb2 as pb
 from cni.runtime import Network
 from cri.config import Config, runtime_handlers
 from cri.errors import NotFound
+from cri.events import EventBus
 from cri.layout import Layout
 from cri.records import EXITED, ContainerRecord, RecordStore, SandboxRecord
 from cri.shims import ShimClient, ShimError, ShimGone, Zygote
@@ -89,6 +91,7 @@ class Runtime:
         self.zygote = Zygote(config.state_dir)
         self.handlers = runtime_handlers(config)  # OCI runtimes by handler name, beside the built-in
         self.network = Network(config.cni.conf_dir, config.cni.bin_dirs, config.state_dir)
+        self.events = EventBus()
         self.sandboxes: dict[str, Sandbox] = {}
         self.containers: dict[str, Container] = {}
         # Digests and chain IDs that running pulls hold (set by the daemon's wiring).
@@ -173,6 +176,7 @@ class Runtime:
         rec.state = EXITED
         self.records.update_container(rec)
         c.exited.set()
+        self.events.emit(pb.CONTAINER_STOPPED_EVENT, rec.sandbox_id, rec.id)
         return True
 
     def _shim_alive(self, c: Container) -> bool:

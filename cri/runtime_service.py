@@ -7,6 +7,7 @@ import json
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cri.container_create import ContainerCreate
+from cri.container_events import ContainerEvents
 from cri.container_exec import ContainerExec
 from cri.container_log import ContainerLog
 from cri.container_remove import ContainerRemove
@@ -36,7 +37,7 @@ KUBE_API_VERSION = "0.1.0"
 class RuntimeService(
     SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs,
     ContainerCreate, ContainerStart, ContainerStop, ContainerRemove, ContainerStatusVerbs,
-    ContainerExec, ContainerStream, ContainerLog, ContainerStats, ContainerUpdate,
+    ContainerExec, ContainerStream, ContainerEvents, ContainerLog, ContainerStats, ContainerUpdate,
     pb_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, rt: Runtime, streaming: StreamingServer):

@@ -23,6 +23,7 @@ async def remove_sandbox(rt: Runtime, s: Sandbox) -> None:
         remove_sandbox_files(rt, s.rec)
         rt.records.remove_sandbox(s.id)
         del rt.sandboxes[s.id]
+    rt.events.emit(pb.CONTAINER_DELETED_EVENT, s.id)
 
 
 class SandboxRemove:

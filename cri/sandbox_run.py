@@ -87,6 +87,9 @@ async def run_pod_sandbox(rt: Runtime, config: pb.PodSandboxConfig, handler: str
         rt.records.remove_sandbox(rec.id)
         del rt.sandboxes[rec.id]
         raise
+    # A pod sandbox is reported as containerd reports its sandbox container: made, then running.
+    rt.events.emit(pb.CONTAINER_CREATED_EVENT, rec.id)
+    rt.events.emit(pb.CONTAINER_STARTED_EVENT, rec.id)
     return sandbox
 
 

@@ -23,6 +23,7 @@ async def stop_sandbox(rt: Runtime, s: Sandbox) -> None:
         if s.rec.state != SANDBOX_NOTREADY:
             s.rec.state = SANDBOX_NOTREADY
             rt.save(s)
+            rt.events.emit(pb.CONTAINER_STOPPED_EVENT, s.id)
 
 
 class SandboxStop:

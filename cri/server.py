@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import gc
 import logging
 import os
@@ -11,7 +12,7 @@ import signal
 import grpc
 
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
-from cri import memory
+from cri import container_events, memory
 from cri.config import Config
 from cri.image_service import ImageService
 from cri.recover import recover
@@ -79,6 +80,7 @@ async def serve(config: Config) -> None:
     recover(rt)
     rt.collect_image_garbage()
 
+    rt.events.describe = functools.partial(container_events.describe, rt)
     streaming = StreamingServer(rt, config.streaming.address, config.streaming.port)
     await streaming.start()
     server = grpc.aio.server()
