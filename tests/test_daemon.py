@@ -49,9 +49,9 @@ def test_unbuilt_methods_answer_unimplemented_by_name(daemon):
         daemon.runtime.CheckpointContainer(pb.CheckpointContainerRequest())
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "CheckpointContainer" in e.value.details()
-    events = daemon.runtime.GetContainerEvents(pb.GetEventsRequest())
+    metrics = daemon.runtime.StreamPodSandboxMetrics(pb.StreamPodSandboxMetricsRequest())
     with pytest.raises(grpc.RpcError) as e:
-        next(iter(events))
+        next(iter(metrics))
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
