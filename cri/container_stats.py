@@ -91,8 +91,9 @@ def parse_net_dev(text: str) -> dict[str, tuple[int, int, int, int]]:
     return out
 
 
-def network_usage(rt: Runtime, s: Sandbox, now: int) -> pb.NetworkUsage | None:
-    """The pod's interface counters, read through a process of the pod's network namespace."""
+def network_counters(rt: Runtime, s: Sandbox) -> dict[str, tuple[int, int, int, int]] | None:
+    """The pod's interface counters (see parse_net_dev), read through a process of the pod's
+    network namespace; None on the host's network or with no process to read through."""
     if not s.rec.netns:
         return None  # on the host's network: the node's counters are not the pod's
     pids = [c.rec.pid for c in rt.containers_of(s.id) if c.rec.state == RUNNING and c.rec.pid]
@@ -100,11 +101,16 @@ def network_usage(rt: Runtime, s: Sandbox, now: int) -> pb.NetworkUsage | None:
     for pid in pids:
         try:
             with open(f"/proc/{pid}/net/dev") as f:
-                counters = parse_net_dev(f.read())
-            break
+                return parse_net_dev(f.read())
         except OSError:
             continue
-    else:
+    return None
+
+
+def network_usage(rt: Runtime, s: Sandbox, now: int) -> pb.NetworkUsage | None:
+    """The pod's interface counters as the CRI's stats carry them."""
+    counters = network_counters(rt, s)
+    if counters is None:
         return None
     usage = pb.NetworkUsage(timestamp=now)
     for name, (rx, rx_err, tx, tx_err) in sorted(counters.items()):

@@ -10,6 +10,7 @@ from cri.container_create import ContainerCreate
 from cri.container_events import ContainerEvents
 from cri.container_exec import ContainerExec
 from cri.container_log import ContainerLog
+from cri.container_metrics import ContainerMetrics
 from cri.container_remove import ContainerRemove
 from cri.container_start import ContainerStart
 from cri.container_stats import ContainerStats
@@ -37,7 +38,8 @@ KUBE_API_VERSION = "0.1.0"
 class RuntimeService(
     SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs,
     ContainerCreate, ContainerStart, ContainerStop, ContainerRemove, ContainerStatusVerbs,
-    ContainerExec, ContainerStream, ContainerEvents, ContainerLog, ContainerStats, ContainerUpdate,
+    ContainerExec, ContainerStream, ContainerEvents, ContainerLog, ContainerStats, ContainerMetrics,
+    ContainerUpdate,
     pb_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, rt: Runtime, streaming: StreamingServer):
