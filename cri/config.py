@@ -56,6 +56,12 @@ class StreamingConfig:
 
 
 @dataclass
+class ContainerLogConfig:
+    max_size: int = 0  # bytes of a container's CRI log before the shim rotates it; 0: no rotation
+    max_files: int = 5  # files kept per container when rotating, the live one included
+
+
+@dataclass
 class ImageConfig:
     max_concurrent_downloads: int = 3
     pull_retries: int = 3
@@ -71,6 +77,7 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     cni: CniConfig = field(default_factory=CniConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    container_logs: ContainerLogConfig = field(default_factory=ContainerLogConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)
     # None: runc and crun, where installed. {} (an empty [runtimes] table): none but the built-in.
     runtimes: dict[str, RuntimeHandler] | None = None
@@ -92,7 +99,7 @@ def _build(cls, table: dict, where: str):
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = f"{where}.{key}" if where else key
-        if isinstance(default, (ImageConfig, CniConfig, StreamingConfig)):
+        if isinstance(default, (ImageConfig, CniConfig, StreamingConfig, ContainerLogConfig)):
             value = _build(type(default), _table(value, name), name)
         elif key == "registries" and cls is Config:
             value = {
@@ -115,8 +122,9 @@ def _build(cls, table: dict, where: str):
         elif isinstance(default, (int, float)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name}: want a number, got {value!r}")
-            if value <= 0:
-                raise ConfigError(f"{name}: must be positive, got {value!r}")
+            # 0 means "off" or "any" for the keys whose default is 0; elsewhere it is no value at all.
+            if value < 0 or (value == 0 and default != 0):
+                raise ConfigError(f"{name}: must be {'at least 0' if default == 0 else 'positive'}, got {value!r}")
             value = type(default)(value)
         elif isinstance(default, list):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

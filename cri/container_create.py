@@ -97,7 +97,8 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
         container_id=rec.id, bundle=layout.bundle(rec.id), socket=layout.shim_socket(rec.id),
         exit_file=layout.exit_file(rec.id), log_path=rec.log_path, stdin=config.stdin,
         stdin_once=config.stdin_once, tty=config.tty, log_line_max=DEFAULT_LINE_MAX,
-        shim_log=layout.shim_log(rec.id), **_runtime_of(rt, sandbox),
+        shim_log=layout.shim_log(rec.id), log_max_size=rt.config.container_logs.max_size,
+        log_max_files=rt.config.container_logs.max_files, **_runtime_of(rt, sandbox),
     ))
     # The shim builds the container now, while the caller moves on: StartContainer waits
     # for it (as containerd runs runc create within StartContainer, not before).

@@ -296,11 +296,49 @@ class Shim:
             self.log_fd = os.open(self.args.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
     def write_log(self, data: bytes) -> None:
+        if not data or self.log_fd is None:
+            return
+        if self.args.log_max_size <= 0:
+            self._write_log(data)
+            return
+        # With rotation on, whole CRI lines are grouped so that no file grows past the limit
+        # (a line longer than the limit gets a file of its own) and no line is split.
+        try:
+            size = os.fstat(self.log_fd).st_size
+        except OSError:
+            size = 0
+        batch = b""
+        for line in data.splitlines(keepends=True):
+            if size + len(batch) + len(line) > self.args.log_max_size and size + len(batch) > 0:
+                self._write_log(batch)
+                self._rotate()
+                size, batch = 0, b""
+            batch += line
+        self._write_log(batch)
+
+    def _write_log(self, data: bytes) -> None:
         if data and self.log_fd is not None:
             try:
                 os.write(self.log_fd, data)
             except OSError as e:
                 diag(f"writing the container log: {e}")  # keep draining the container's output
+
+    def _rotate(self) -> None:
+        """A safety net for when no kubelet rotates: <log> becomes <log>.1, <log>.1 becomes
+        <log>.2 ..., and what is beyond max_files goes."""
+        path, keep = self.args.log_path, max(1, self.args.log_max_files)
+        try:
+            for n in range(keep - 1, 0, -1):
+                older = f"{path}.{n - 1}" if n > 1 else path
+                if os.path.exists(older):
+                    os.replace(older, f"{path}.{n}")
+            if keep == 1:
+                os.truncate(path, 0)  # nothing kept: the one file starts over
+        except OSError as e:
+            diag(f"rotating the container log: {e}")
+        os.close(self.log_fd)
+        self.log_fd = None
+        self._open_log()
 
     # -- the loop ---------------------------------------------------------------
 
