@@ -56,6 +56,11 @@ class StreamingConfig:
 
 
 @dataclass
+class MetricsConfig:
+    address: str = ""  # host:port of the Prometheus endpoint (/metrics); "": none
+
+
+@dataclass
 class ContainerLogConfig:
     max_size: int = 0  # bytes of a container's CRI log before the shim rotates it; 0: no rotation
     max_files: int = 5  # files kept per container when rotating, the live one included
@@ -78,6 +83,7 @@ class Config:
     cni: CniConfig = field(default_factory=CniConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     container_logs: ContainerLogConfig = field(default_factory=ContainerLogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)
     # None: runc and crun, where installed. {} (an empty [runtimes] table): none but the built-in.
     runtimes: dict[str, RuntimeHandler] | None = None
@@ -99,7 +105,7 @@ def _build(cls, table: dict, where: str):
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = f"{where}.{key}" if where else key
-        if isinstance(default, (ImageConfig, CniConfig, StreamingConfig, ContainerLogConfig)):
+        if isinstance(default, (ImageConfig, CniConfig, StreamingConfig, ContainerLogConfig, MetricsConfig)):
             value = _build(type(default), _table(value, name), name)
         elif key == "registries" and cls is Config:
             value = {

@@ -83,7 +83,13 @@ async def serve(config: Config) -> None:
     rt.events.describe = functools.partial(container_events.describe, rt)
     streaming = StreamingServer(rt, config.streaming.address, config.streaming.port)
     await streaming.start()
-    server = grpc.aio.server()
+    metrics = None
+    if config.metrics.address:
+        from cri.prometheus import Metrics  # only then: the Prometheus client costs memory (see there)
+        metrics = Metrics(rt, puller)
+        metrics.serve(config.metrics.address)
+        log.info("Prometheus metrics on http://%s/metrics", config.metrics.address)
+    server = grpc.aio.server(interceptors=[metrics] if metrics else None)
     pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(rt, streaming), server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageService(store, puller, rt.collect_image_garbage), server)
     # We hold the lock, so a socket file still there is a dead daemon's.
@@ -111,6 +117,8 @@ async def serve(config: Config) -> None:
     log.info("stopping")
     await server.stop(STOP_GRACE_SECONDS)
     await streaming.stop()
+    if metrics is not None:
+        metrics.stop()
     await client.aclose()
     rt.close()
     store.close()

@@ -37,6 +37,7 @@ class Puller:
         # Digests and chain IDs that running pulls hold but no image records yet;
         # garbage collection must leave them alone. Counted: pulls may overlap.
         self._leases: Counter[str] = Counter()
+        self.blob_bytes = 0  # bytes of blobs downloaded and committed, for the metrics
 
     @property
     def in_flight(self) -> set[str]:
@@ -170,6 +171,7 @@ class Puller:
                 path = self._store.content.ingest_path(digest)
                 await self._client.fetch_blob(resolved, digest, size, path, creds)
                 self._store.content.commit(digest)
+                self.blob_bytes += size
 
         await self._once(digest, download)
 
