@@ -19,11 +19,14 @@ import subprocess
 import sys
 import time
 
+from opentelemetry import trace
+
 from cni import invoke
 from cni.spec import IO_FAILURE, CniError, load_network_config, plugin_config, result_from_any
 from shim.client import call
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("cricket.cni")
 
 CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 WORKER_START_SECONDS = 10.0
@@ -123,10 +126,11 @@ class Network:
     # -- running the chain -----------------------------------------------------------
 
     async def _run(self, kind: str, conf: dict, env: invoke.Env) -> dict | None:
-        binary = invoke.find(kind, self.bin_dirs)
-        if kind in invoke.OWN and invoke.is_own(binary):
-            return await self.worker.call(kind, conf, env)
-        return await asyncio.to_thread(invoke.execute, binary, conf, env)
+        with _tracer.start_as_current_span(f"cni.plugin {kind}", attributes={"cni.command": env.command}):
+            binary = invoke.find(kind, self.bin_dirs)
+            if kind in invoke.OWN and invoke.is_own(binary):
+                return await self.worker.call(kind, conf, env)
+            return await asyncio.to_thread(invoke.execute, binary, conf, env)
 
     def _cache_path(self, network: str, sandbox_id: str, ifname: str) -> str:
         return os.path.join(self.cache_dir, f"{network}-{sandbox_id}-{ifname}.json")
@@ -134,6 +138,11 @@ class Network:
     async def add(self, sandbox_id: str, netns: str, ifname: str, runtime_config: dict,
                   args: dict[str, str]) -> dict:
         """Set the pod's network up; the final result (1.0.0 shape). Undone on failure."""
+        with _tracer.start_as_current_span("cni.add", attributes={"cri.pod_sandbox_id": sandbox_id}):
+            return await self._add(sandbox_id, netns, ifname, runtime_config, args)
+
+    async def _add(self, sandbox_id: str, netns: str, ifname: str, runtime_config: dict,
+                   args: dict[str, str]) -> dict:
         netconf = self.config()
         if netconf is None:
             raise CniError(IO_FAILURE, f"no usable network: {self._problem}")
@@ -159,6 +168,10 @@ class Network:
 
     async def delete(self, sandbox_id: str, netns: str, ifname: str) -> None:
         """Tear the pod's network down; fine to repeat, and after a restart or a config change."""
+        with _tracer.start_as_current_span("cni.del", attributes={"cri.pod_sandbox_id": sandbox_id}):
+            await self._delete(sandbox_id, netns, ifname)
+
+    async def _delete(self, sandbox_id: str, netns: str, ifname: str) -> None:
         cached = self._cached(sandbox_id, ifname)
         if cached is None:
             return  # never set up, or torn down already

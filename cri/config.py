@@ -56,6 +56,12 @@ class StreamingConfig:
 
 
 @dataclass
+class TracingConfig:
+    endpoint: str = ""  # OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces; "": no tracing
+    sampling_ratio: float = 1.0  # of the traces that start here (a caller's sampled flag is followed)
+
+
+@dataclass
 class MetricsConfig:
     address: str = ""  # host:port of the Prometheus endpoint (/metrics); "": none
 
@@ -84,6 +90,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     container_logs: ContainerLogConfig = field(default_factory=ContainerLogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)
     # None: runc and crun, where installed. {} (an empty [runtimes] table): none but the built-in.
     runtimes: dict[str, RuntimeHandler] | None = None
@@ -105,7 +112,8 @@ def _build(cls, table: dict, where: str):
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = f"{where}.{key}" if where else key
-        if isinstance(default, (ImageConfig, CniConfig, StreamingConfig, ContainerLogConfig, MetricsConfig)):
+        if isinstance(default, (ImageConfig, CniConfig, StreamingConfig, ContainerLogConfig, MetricsConfig,
+                                TracingConfig)):
             value = _build(type(default), _table(value, name), name)
         elif key == "registries" and cls is Config:
             value = {

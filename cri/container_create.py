@@ -17,6 +17,7 @@ from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFo
 from cri.records import SANDBOX_READY, ContainerRecord, NameInUse, SandboxRecord
 from cri.runtime import Container, Runtime, Sandbox
 from cri.sandbox_run import ensure_pod_init
+from cri.tracing import tracer
 from shim import linux, mounts
 from shim.cgroups import mode as cgroup_mode
 from shim.cri_log import DEFAULT_LINE_MAX
@@ -93,13 +94,14 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
     if rec.log_path:
         os.makedirs(os.path.dirname(rec.log_path), mode=0o755, exist_ok=True)
 
-    rec.shim_pid = await rt.zygote.spawn_shim(shim_pb.SpawnShim(
-        container_id=rec.id, bundle=layout.bundle(rec.id), socket=layout.shim_socket(rec.id),
-        exit_file=layout.exit_file(rec.id), log_path=rec.log_path, stdin=config.stdin,
-        stdin_once=config.stdin_once, tty=config.tty, log_line_max=DEFAULT_LINE_MAX,
-        shim_log=layout.shim_log(rec.id), log_max_size=rt.config.container_logs.max_size,
-        log_max_files=rt.config.container_logs.max_files, **_runtime_of(rt, sandbox),
-    ))
+    with tracer.start_as_current_span("shim.spawn", attributes={"cri.container_id": rec.id}):
+        rec.shim_pid = await rt.zygote.spawn_shim(shim_pb.SpawnShim(
+            container_id=rec.id, bundle=layout.bundle(rec.id), socket=layout.shim_socket(rec.id),
+            exit_file=layout.exit_file(rec.id), log_path=rec.log_path, stdin=config.stdin,
+            stdin_once=config.stdin_once, tty=config.tty, log_line_max=DEFAULT_LINE_MAX,
+            shim_log=layout.shim_log(rec.id), log_max_size=rt.config.container_logs.max_size,
+            log_max_files=rt.config.container_logs.max_files, **_runtime_of(rt, sandbox),
+        ))
     # The shim builds the container now, while the caller moves on: StartContainer waits
     # for it (as containerd runs runc create within StartContainer, not before).
 

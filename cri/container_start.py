@@ -9,6 +9,7 @@ from cri.errors import FailedPrecondition, RuntimeFailure, handle_errors
 from cri.records import CREATED, EXITED, RUNNING
 from cri.runtime import Container, Runtime, proc_start_time
 from cri.shims import ShimError, ShimGone
+from cri.tracing import tracer
 from shim.server import START_ERROR_EXIT_CODE
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,11 @@ async def start_container(rt: Runtime, c: Container) -> None:
         if rec.state != CREATED:
             raise FailedPrecondition(f"container {rec.id} is {rec.state}: only a created container can start")
         try:
-            created = await c.shim.wait_created()  # set-up errors (a mount refused...) come here
+            with tracer.start_as_current_span("executor.setup", attributes={"cri.container_id": rec.id}):
+                created = await c.shim.wait_created()  # set-up errors (a mount refused...) come here
             rec.pid, rec.pid_start = created.pid, proc_start_time(created.pid) or 0
-            state = await c.shim.start()  # and execve's here
+            with tracer.start_as_current_span("shim.start", attributes={"cri.container_id": rec.id}):
+                state = await c.shim.start()  # and execve's here
         except ShimGone:
             rt.observe_exit(c)
             raise RuntimeFailure(f"container {rec.id} cannot start: {rec.message}") from None

@@ -12,12 +12,12 @@ import signal
 import grpc
 
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
-from cri import container_events, memory
+from cri import container_events, memory, tracing
 from cri.config import Config
 from cri.image_service import ImageService
 from cri.recover import recover
 from cri.runtime import Runtime
-from cri.runtime_service import RuntimeService
+from cri.runtime_service import RUNTIME_VERSION, RuntimeService
 from cri.streaming.server import StreamingServer
 from image.pull import Puller
 from image.registry import HostConfig, RegistryClient
@@ -89,7 +89,13 @@ async def serve(config: Config) -> None:
         metrics = Metrics(rt, puller)
         metrics.serve(config.metrics.address)
         log.info("Prometheus metrics on http://%s/metrics", config.metrics.address)
-    server = grpc.aio.server(interceptors=[metrics] if metrics else None)
+    interceptors = [metrics] if metrics else []
+    traces = None
+    if config.tracing.endpoint:
+        traces = tracing.set_up(config.tracing.endpoint, config.tracing.sampling_ratio, RUNTIME_VERSION)
+        interceptors.append(tracing.CallSpans())
+        log.info("tracing to %s", config.tracing.endpoint)
+    server = grpc.aio.server(interceptors=interceptors or None)
     pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(rt, streaming), server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageService(store, puller, rt.collect_image_garbage), server)
     # We hold the lock, so a socket file still there is a dead daemon's.
@@ -119,6 +125,8 @@ async def serve(config: Config) -> None:
     await streaming.stop()
     if metrics is not None:
         metrics.stop()
+    if traces is not None:
+        traces.shutdown()  # what is still batched goes out
     await client.aclose()
     rt.close()
     store.close()

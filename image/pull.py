@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from typing import Awaitable, Callable
 
+from opentelemetry import trace
+
 from image.content import ContentError
 from image.manifest import Index, ManifestError, host_platform, parse_manifest, select_platform
 from image.metadata import ImageRecord
@@ -26,6 +28,7 @@ from image.store import ImageStore
 from image.unpack import LayerError, unpack_layer
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("cricket.image")
 
 
 class Puller:
@@ -70,7 +73,8 @@ class Puller:
                 del self._leases[key]
 
     async def _pull(self, ref: Reference, creds, lease: Callable[[str], None]) -> ImageRecord:
-        resolved = await self._client.resolve(ref, creds)
+        with _tracer.start_as_current_span("image.resolve", attributes={"image.reference": str(ref)}):
+            resolved = await self._client.resolve(ref, creds)
         content = self._store.content
         lease(resolved.digest)
         content.write(resolved.digest, resolved.data)
@@ -168,9 +172,11 @@ class Puller:
 
         async def download() -> None:
             async with self._downloads:
-                path = self._store.content.ingest_path(digest)
-                await self._client.fetch_blob(resolved, digest, size, path, creds)
-                self._store.content.commit(digest)
+                with _tracer.start_as_current_span("image.blob", attributes={"image.digest": digest,
+                                                                              "image.size": size}):
+                    path = self._store.content.ingest_path(digest)
+                    await self._client.fetch_blob(resolved, digest, size, path, creds)
+                    self._store.content.commit(digest)
                 self.blob_bytes += size
 
         await self._once(digest, download)
@@ -179,7 +185,12 @@ class Puller:
         await self._blob(resolved, layer.digest, layer.size, creds)
         if self._store.snapshots.get(chain_id) is not None:
             return
-        await self._once(chain_id, lambda: self._unpack(layer, diff_id, chain_id, parent))
+        await self._once(chain_id, lambda: self._traced_unpack(layer, diff_id, chain_id, parent))
+
+    async def _traced_unpack(self, layer, diff_id: str, chain_id: str, parent: str) -> None:
+        with _tracer.start_as_current_span("image.unpack", attributes={"image.digest": layer.digest,
+                                                                        "image.chain_id": chain_id}):
+            await self._unpack(layer, diff_id, chain_id, parent)
 
     async def _unpack(self, layer, diff_id: str, chain_id: str, parent: str) -> None:
         snapshots = self._store.snapshots
