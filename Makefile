@@ -8,6 +8,8 @@ PROTO  := api/runtime/v1/api.proto
 STUBS  := api/runtime/v1/api_pb2.py api/runtime/v1/api_pb2_grpc.py
 SHIM_PROTO := api/shim/v1/shim.proto
 SHIM_STUBS := api/shim/v1/shim_pb2.py
+ADMIN_PROTO := api/admin/v1/admin.proto
+ADMIN_STUBS := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py
 
 # Debian packages: what the daemon runs with, and what the tests and
 # benchmarks run against (a real registry, skopeo, busybox for test images,
@@ -30,7 +32,7 @@ test: deps-test install
 bench: deps-test deps-bench install
 	$(VENV)/bin/python -m bench $(ARGS)
 
-proto: $(STUBS) $(SHIM_STUBS)
+proto: $(STUBS) $(SHIM_STUBS) $(ADMIN_STUBS)
 
 $(STUBS): $(PROTO) $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(PROTO)
@@ -38,6 +40,9 @@ $(STUBS): $(PROTO) $(VENV)/.installed
 # The shim protocol is frames over a unix socket, not gRPC: messages only.
 $(SHIM_STUBS): $(SHIM_PROTO) $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I . --python_out=. $(SHIM_PROTO)
+
+$(ADMIN_STUBS): $(ADMIN_PROTO) $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(ADMIN_PROTO)
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,4 +60,4 @@ deps-bench:
 	@./.ci/apt-install $(BENCH_DEBS)
 
 clean:
-	rm -rf $(VENV) $(STUBS) $(SHIM_STUBS) *.egg-info
+	rm -rf $(VENV) $(STUBS) $(SHIM_STUBS) $(ADMIN_STUBS) *.egg-info

@@ -11,8 +11,10 @@ import signal
 
 import grpc
 
+from api.admin.v1 import admin_pb2_grpc as apb_grpc
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cri import container_events, memory, tracing
+from cri.admin import Admin
 from cri.config import Config
 from cri.image_service import ImageService
 from cri.recover import recover
@@ -98,6 +100,7 @@ async def serve(config: Config) -> None:
     server = grpc.aio.server(interceptors=interceptors or None)
     pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(rt, streaming), server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageService(store, puller, rt.collect_image_garbage), server)
+    apb_grpc.add_AdminServicer_to_server(Admin(rt, store, puller), server)
     # We hold the lock, so a socket file still there is a dead daemon's.
     try:
         os.unlink(config.socket)

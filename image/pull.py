@@ -8,6 +8,7 @@ blob has landed; nothing is recorded as an image until every part is in place.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import json
 import logging
@@ -29,6 +30,22 @@ from image.unpack import LayerError, unpack_layer
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("cricket.image")
+
+
+class PullWatch:
+    """Where each blob of a pull stands, for a progress display: digest -> (size, done, state)."""
+
+    def __init__(self):
+        self.blobs: dict[str, tuple[int, int, str]] = {}
+        self.changed = asyncio.Event()
+
+    def update(self, digest: str, size: int, done: int, state: str) -> None:
+        self.blobs[digest] = (size, done, state)
+        self.changed.set()
+
+
+# The watch of the pull running in this task, if someone is watching it.
+watching: contextvars.ContextVar[PullWatch | None] = contextvars.ContextVar("watching", default=None)
 
 
 class Puller:
@@ -167,19 +184,30 @@ class Puller:
                     await asyncio.wait([entry.task])
 
     async def _blob(self, resolved: Resolved, digest: str, size: int, creds) -> None:
+        watch = watching.get()
         if self._store.content.has(digest):
+            if watch is not None:
+                watch.update(digest, size, size, "present")
             return
+        if watch is not None:
+            watch.update(digest, size, 0, "waiting")
+
+        def progress(done: int) -> None:
+            if watch is not None:
+                watch.update(digest, size, done, "downloading")
 
         async def download() -> None:
             async with self._downloads:
                 with _tracer.start_as_current_span("image.blob", attributes={"image.digest": digest,
                                                                               "image.size": size}):
                     path = self._store.content.ingest_path(digest)
-                    await self._client.fetch_blob(resolved, digest, size, path, creds)
+                    await self._client.fetch_blob(resolved, digest, size, path, creds, progress)
                     self._store.content.commit(digest)
                 self.blob_bytes += size
 
         await self._once(digest, download)
+        if watch is not None:
+            watch.update(digest, size, size, "done")
 
     async def _layer(self, resolved: Resolved, layer, diff_id: str, chain_id: str, parent: str, creds) -> None:
         await self._blob(resolved, layer.digest, layer.size, creds)

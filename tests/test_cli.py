@@ -1,0 +1,148 @@
+"""The `cricket` CLI against a real cricketd: images, archives (checked with skopeo), the node."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+
+import pytest
+
+from tests.daemon import Cricketd, need_root, registry_config
+from tests.pods import Pods
+
+
+@pytest.fixture(scope="module")
+def daemon(registry, tmp_path_factory):
+    need_root()
+    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry)).start()
+    yield d
+    try:
+        Pods(d, "").remove_all()
+    finally:
+        d.stop()
+
+
+def cricket(daemon, *args, check=True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "cri.cli", "--socket", daemon.socket, *args],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def as_json(daemon, *args):
+    return json.loads(cricket(daemon, "-o", "json", *args).stdout)
+
+
+def test_pull_images_tag_history_inspect_rmi(daemon, registry, test_images):
+    info = test_images["shared-a"]
+    ref = info.reference(registry)
+    out = cricket(daemon, "pull", ref).stdout
+    assert f"Pulled {registry.host}/{info.repo}@{info.manifest_digest}" in out
+    assert sum("Downloaded" in line or "Already present" in line for line in out.splitlines()) == 3
+    table = cricket(daemon, "images").stdout.splitlines()
+    assert table[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "SIZE"]
+    assert any(line.split()[:3] == [f"{registry.host}/{info.repo}", info.tag, info.config_digest[7:19]]
+               for line in table[1:])
+    cricket(daemon, "tag", ref, "localhost/renamed:v2")
+    [image] = [i for i in as_json(daemon, "images") if i["id"] == info.config_digest]
+    assert "localhost/renamed:v2" in image["repoTags"]
+    history = as_json(daemon, "history", "localhost/renamed:v2")
+    layers = [h for h in history if not h["emptyLayer"]]
+    assert [h["layer"] for h in reversed(layers)] == list(info.diff_ids) and all(h["size"] > 0 for h in layers)
+    [inspected] = as_json(daemon, "inspect", "localhost/renamed:v2")
+    assert inspected["id"] == info.config_digest and inspected["manifestDigest"] == info.manifest_digest
+    cricket(daemon, "rmi", "localhost/renamed:v2", ref)
+    assert not [i for i in as_json(daemon, "images") if i["id"] == info.config_digest]
+
+
+def test_pull_progress_on_a_terminal(daemon, registry, test_images):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "cri.cli", "--socket", daemon.socket, "pull",
+                             test_images["shared-b"].reference(registry)],
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        while select.select([master], [], [], 60)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the command is done and its terminal closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        assert proc.wait(30) == 0, seen
+    assert b"\x1b[2K" in seen and b"\x1b[" + b"2F" in seen  # lines drawn, then redrawn in place
+    assert b"Downloaded" in seen and b"Pulled " in seen
+
+
+def test_save_and_load_both_formats_round_trip_and_skopeo_agrees(daemon, registry, test_images, tmp_path):
+    info = test_images["zstd"]  # layers zstd-compressed: a docker-archive needs them plain
+    ref = info.reference(registry)
+    cricket(daemon, "pull", ref)
+    docker_tar, oci_tar = str(tmp_path / "docker.tar"), str(tmp_path / "oci.tar")
+    cricket(daemon, "save", "-o", docker_tar, ref)
+    cricket(daemon, "save", "--format", "oci", "-o", oci_tar, ref)
+
+    # skopeo reads what we write: the same config (image ID) and layers (diff IDs)...
+    for transport, path in (("docker-archive", docker_tar), ("oci-archive", oci_tar)):
+        seen = json.loads(subprocess.run(["skopeo", "inspect", "--config", f"{transport}:{path}"],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert seen["rootfs"]["diff_ids"] == list(info.diff_ids)
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{oci_tar}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert raw["config"]["digest"] == info.config_digest
+
+    # ...and what we read back is the same image: the OCI archive even with the same manifest.
+    for path in (docker_tar, oci_tar):
+        cricket(daemon, "rmi", ref)
+        assert f"Loaded {ref} ({info.config_digest})" in cricket(daemon, "load", "-i", path).stdout
+    [inspected] = as_json(daemon, "inspect", ref)
+    assert inspected["id"] == info.config_digest and inspected["manifestDigest"] == info.manifest_digest
+
+    # An archive skopeo wrote loads too (from ours: skopeo 1.9 will not put zstd into a docker-archive).
+    theirs = str(tmp_path / "skopeo.tar")
+    subprocess.run(["skopeo", "copy", "-q", f"docker-archive:{docker_tar}", f"docker-archive:{theirs}:localhost/sk:1"],
+                   check=True)
+    assert "Loaded localhost/sk:1" in cricket(daemon, "load", "-i", theirs).stdout
+    assert as_json(daemon, "inspect", "localhost/sk:1")[0]["id"] == info.config_digest
+    cricket(daemon, "rmi", "localhost/sk:1", ref)
+
+
+def test_prune_keeps_what_containers_use(daemon, registry, test_images, tmp_path):
+    used, unused = test_images["user-uid"], test_images["user-name"]
+    for info in (used, unused):
+        cricket(daemon, "pull", info.reference(registry))
+    pods = Pods(daemon, str(tmp_path / "logs"))
+    pod = pods.run_pod()
+    cid = pods.run(pod, used.reference(registry), ["sleep", "1000"])
+    answer = as_json(daemon, "prune")
+    assert unused.config_digest in answer["removed"] and used.config_digest not in answer["removed"]
+    assert answer["reclaimed"] > 0
+    ids = {i["id"] for i in as_json(daemon, "images")}
+    assert used.config_digest in ids and unused.config_digest not in ids
+    [container] = as_json(daemon, "ps")
+    assert container["id"] == cid and container["state"] == "CONTAINER_RUNNING"
+    assert [p["id"] for p in as_json(daemon, "pods")] == [pod]
+    pods.remove_all()
+
+
+def test_info_and_errors(daemon, tmp_path):
+    doc = as_json(daemon, "info")
+    assert doc["runtime"]["name"] == "cricket" and doc["conditions"]["RuntimeReady"]["status"] is True
+    assert doc["storage"]["root"] == daemon.root and doc["socket"] == daemon.socket
+    missing = cricket(daemon, "rmi", "no-such-image", check=False)
+    assert missing.returncode == 1 and missing.stderr.strip() == "cricket: error: no image 'no-such-image'"
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not an archive\n")
+    bad = cricket(daemon, "load", "-i", str(junk), check=False)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "not a readable tar" in bad.stderr
+    gone = subprocess.run([sys.executable, "-m", "cri.cli", "--socket", str(tmp_path / "none.sock"), "images"],
+                          capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and gone.stderr.startswith("cricket: error:")
