@@ -1,6 +1,6 @@
 """Cricket's admin API (api/admin/v1): what the `cricket` CLI needs beyond the CRI.
 
-Pulls with progress, tags, history, prune, and image archives in and out
+Pulls and pushes with progress, tags, history, prune, and image archives in and out
 (image/archive.py), on the CRI socket. Archives travel as chunked streams, so
 the CLI needs no access to the daemon's directories.
 """
@@ -25,7 +25,9 @@ from cri.image_service import credentials
 from cri.runtime import Runtime
 from image.archive import ArchiveError, ArchiveSource, extract, save
 from image.pull import Puller, PullWatch, watching
+from image.push import push
 from image.reference import parse_reference
+from image.registry import RegistryClient
 from image.snapshots import chain_ids
 from image.store import ImageNotFound, ImageStore
 
@@ -44,10 +46,11 @@ async def _abort(context, exc: BaseException, what: str) -> None:
 
 
 class Admin(apb_grpc.AdminServicer):
-    def __init__(self, rt: Runtime, store: ImageStore, puller: Puller):
+    def __init__(self, rt: Runtime, store: ImageStore, puller: Puller, client: RegistryClient):
         self.rt = rt
         self.store = store
         self.puller = puller
+        self.client = client
         self.scratch = os.path.join(rt.config.state_dir, "admin")
 
     def _lookup(self, spec: str):
@@ -56,42 +59,71 @@ class Admin(apb_grpc.AdminServicer):
         except ImageNotFound as e:
             raise NotFound(str(e)) from None
 
+    async def _watched(self, work, context, what: str):
+        """Run coroutine `work` with a PullWatch, yielding Progress as blobs move; then its result
+        as the last item. A client that goes away cancels the work."""
+        watch = PullWatch()
+        token = watching.set(watch)  # the task starts with this context, so it sees the watch
+        try:
+            task = asyncio.create_task(work)
+        finally:
+            watching.reset(token)
+        sent: dict[str, tuple] = {}
+
+        def news():
+            for digest, state in list(watch.blobs.items()):
+                if sent.get(digest) != state:
+                    sent[digest] = state
+                    size, done, phase = state
+                    yield apb.Progress(digest=digest, size=size, done=done, state=phase)
+
+        try:
+            while not task.done():
+                watch.changed.clear()
+                await asyncio.wait([task, asyncio.ensure_future(watch.changed.wait())], timeout=PROGRESS_SECONDS,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for event in news():
+                    yield event
+                await asyncio.sleep(PROGRESS_SECONDS)
+            result = task.result()
+        except Exception as e:  # noqa: BLE001 - becomes the call's status
+            await _abort(context, e, what)
+        finally:
+            if not task.done():
+                task.cancel()
+            memory.trim()
+        for event in news():
+            yield event
+        yield result
+
     async def Pull(self, request, context):
         try:
             ref = parse_reference(request.image)
         except ValueError as e:
             await _abort(context, e, "Pull")
-        watch = PullWatch()
-        token = watching.set(watch)  # the pull's task starts with this context, so it sees the watch
+        creds = credentials(pb.AuthConfig(username=request.username, password=request.password))
+        async for item in self._watched(self.puller.pull(ref, creds), context, f"pulling {ref}"):
+            if isinstance(item, apb.Progress):
+                yield item
+            else:
+                digests = [d for d in item.repo_digests if d.startswith(ref.repository + "@")]
+                yield apb.Progress(image_id=item.id, image_ref=digests[0] if digests else item.id)
+
+    async def Push(self, request, context):
         try:
-            task = asyncio.create_task(self.puller.pull(ref, credentials(pb.AuthConfig(
-                username=request.username, password=request.password))))
-        finally:
-            watching.reset(token)
-        try:
-            sent: dict[str, tuple] = {}
-            while not task.done():
-                watch.changed.clear()
-                await asyncio.wait([task, asyncio.ensure_future(watch.changed.wait())], timeout=PROGRESS_SECONDS,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                for digest, state in list(watch.blobs.items()):
-                    if sent.get(digest) != state:
-                        sent[digest] = state
-                        size, done, phase = state
-                        yield apb.PullProgress(digest=digest, size=size, done=done, state=phase)
-                await asyncio.sleep(PROGRESS_SECONDS)
-            rec = task.result()
-        except Exception as e:  # noqa: BLE001 - becomes the call's status
-            await _abort(context, e, f"pulling {ref}")
-        finally:
-            if not task.done():
-                task.cancel()  # the client went away: so does its pull
-            memory.trim()
-        for digest, (size, done, phase) in watch.blobs.items():
-            if sent.get(digest) != (size, done, phase):
-                yield apb.PullProgress(digest=digest, size=size, done=done, state=phase)
-        digests = [d for d in rec.repo_digests if d.startswith(ref.repository + "@")]
-        yield apb.PullProgress(image_id=rec.id, image_ref=digests[0] if digests else rec.id)
+            rec, name = self.store.lookup(request.image)
+            if name is None:
+                raise InvalidArgument(f"push {request.image!r}: name the image by repository:tag, not by ID")
+            ref = parse_reference(name)
+        except (ImageNotFound, ValueError, InvalidArgument) as e:
+            await _abort(context, NotFound(str(e)) if isinstance(e, ImageNotFound) else e, "Push")
+        creds = credentials(pb.AuthConfig(username=request.username, password=request.password))
+        async for item in self._watched(push(self.store, self.client, rec, ref, creds), context, f"pushing {ref}"):
+            if isinstance(item, apb.Progress):
+                yield item
+            else:
+                self.store.metadata.put_image(rec, [(f"{ref.repository}@{item}", True)], [])
+                yield apb.Progress(image_id=rec.id, image_ref=f"{ref.repository}@{item}")
 
     @handle_errors
     async def Tag(self, request, context):

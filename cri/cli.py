@@ -1,13 +1,15 @@
 """`cricket`: the operator's command line for a node's cricketd.
 
 It talks to the daemon's socket: the CRI where the CRI suffices (images,
-inspect, rmi, ps, pods, info), Cricket's admin API where it does not (pull
-with progress, tag, history, prune, save, load). Errors are one line on
+inspect, rmi, ps, pods, info), Cricket's admin API where it does not (pull and
+push with progress, tag, history, prune, save, load). Registry credentials
+that `login` stores stay on this side and go along with each pull or push. Errors are one line on
 stderr and exit status 1; `--output json` prints what scripts want.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -20,6 +22,7 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cri.cli_output import PullDisplay, as_json, human_age, human_size, short_id, table
 from cri.config import DEFAULT_CONFIG_FILE, ConfigError, load
+from image.reference import parse_reference
 
 CALL_SECONDS = 60.0
 CHUNK = 1 << 20
@@ -48,19 +51,96 @@ def _socket(args) -> str:
 # -- images --------------------------------------------------------------------------------------
 
 
-def cmd_pull(c: Client, args) -> None:
-    user, _, password = (args.user or "").partition(":")
-    display = PullDisplay()
+# -- credentials ---------------------------------------------------------------------------------
+
+
+def auth_file() -> str:
+    """Where `cricket login` keeps credentials: $CRICKET_AUTH_FILE, else ~/.config/cricket/auth.json."""
+    return os.environ.get("CRICKET_AUTH_FILE") or os.path.join(
+        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "cricket", "auth.json")
+
+
+def _read_auths() -> dict:
+    try:
+        with open(auth_file()) as f:
+            return json.load(f).get("auths", {})
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise SystemExit(f"cricket: error: {auth_file()} is not JSON: {e}")
+
+
+def _write_auths(auths: dict) -> None:
+    path = auth_file()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, even briefly
+    with os.fdopen(fd, "w") as f:
+        json.dump({"auths": auths}, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _credentials(args, image: str) -> tuple[str, str]:
+    """--user USER:PASSWORD, else what `cricket login` stored for the image's registry."""
+    if args.user:
+        user, _, password = args.user.partition(":")
+        return user, password
+    try:
+        host = parse_reference(image).domain
+    except ValueError:
+        return "", ""  # the daemon says what is wrong with the name
+    stored = _read_auths().get(host, {}).get("auth", "")
+    user, _, password = base64.b64decode(stored).decode().partition(":") if stored else ("", "", "")
+    return user, password
+
+
+def cmd_login(c: Client, args) -> None:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
+    if not args.username or not password:
+        raise SystemExit("cricket: error: give --username and --password (or --password-stdin)")
+    auths = _read_auths()
+    auths[args.registry] = {"auth": base64.b64encode(f"{args.username}:{password}".encode()).decode()}
+    _write_auths(auths)
+    print(f"Credentials for {args.registry} stored in {auth_file()}")
+
+
+def cmd_logout(c: Client, args) -> None:
+    auths = _read_auths()
+    if auths.pop(args.registry, None) is None:
+        raise SystemExit(f"cricket: error: no credentials stored for {args.registry}")
+    _write_auths(auths)
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+def _moved(events, args, pushing: bool) -> apb.Progress:
+    display = PullDisplay(pushing=pushing)
     last = None
-    for event in c.admin.Pull(apb.PullRequest(image=args.image, username=user, password=password)):
+    for event in events:
         if event.image_id:
             last = event
         elif args.output != "json":
             display.update(event.digest, event.size, event.done, event.state)
+    return last
+
+
+def cmd_pull(c: Client, args) -> None:
+    user, password = _credentials(args, args.image)
+    last = _moved(c.admin.Pull(apb.PullRequest(image=args.image, username=user, password=password)), args, False)
     if args.output == "json":
         as_json({"id": last.image_id, "ref": last.image_ref})
     else:
         print(f"Pulled {last.image_ref} ({short_id(last.image_id)})")
+
+
+def cmd_push(c: Client, args) -> None:
+    user, password = _credentials(args, args.image)
+    last = _moved(c.admin.Push(apb.PushRequest(image=args.image, username=user, password=password)), args, True)
+    if args.output == "json":
+        as_json({"id": last.image_id, "ref": last.image_ref})
+    else:
+        print(f"Pushed {last.image_ref}")
 
 
 def _names(image: pb.Image) -> list[tuple[str, str]]:
@@ -242,7 +322,17 @@ def parser() -> argparse.ArgumentParser:
 
     cp = command("pull", cmd_pull, "pull an image, showing each layer's progress")
     cp.add_argument("image")
-    cp.add_argument("--user", help="registry credentials, USER:PASSWORD")
+    cp.add_argument("--user", help="registry credentials, USER:PASSWORD (default: what login stored)")
+    cp = command("push", cmd_push, "push an image to the registry its name points at")
+    cp.add_argument("image")
+    cp.add_argument("--user", help="registry credentials, USER:PASSWORD (default: what login stored)")
+    cp = command("login", cmd_login, "store credentials for a registry (in a file of mode 0600)")
+    cp.add_argument("registry", metavar="REGISTRY", help="host[:port], as image names spell it")
+    cp.add_argument("-u", "--username")
+    cp.add_argument("-p", "--password")
+    cp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    cp = command("logout", cmd_logout, "forget a registry's stored credentials")
+    cp.add_argument("registry", metavar="REGISTRY")
     cp = command("images", cmd_images, "list images")
     cp.add_argument("-q", "--quiet", action="store_true", help="image IDs only")
     cp = command("inspect", cmd_inspect, "an image's record, manifest digest and config, as JSON")

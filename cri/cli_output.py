@@ -44,11 +44,12 @@ def short_id(digest: str) -> str:
 
 
 class PullDisplay:
-    """One line per blob. On a terminal the lines are redrawn in place with each update (bytes,
-    rate, time left); elsewhere only each blob's end is printed, once."""
+    """One line per blob of a pull (or push). On a terminal the lines are redrawn in place with
+    each update (bytes, rate, time left); elsewhere only each blob's end is printed, once."""
 
-    def __init__(self, out: TextIO = sys.stdout):
+    def __init__(self, out: TextIO = sys.stdout, pushing: bool = False):
         self.out = out
+        self.moving, self.moved = ("Uploading", "Pushed") if pushing else ("Downloading", "Downloaded")
         self.live = out.isatty()
         self.blobs: dict[str, dict] = {}
         self.drawn = 0
@@ -69,13 +70,13 @@ class PullDisplay:
         if state == "present":
             return head + "Already present"
         if state == "done":
-            return head + f"Downloaded  {human_size(size)}"
+            return head + f"{self.moved}  {human_size(size)}"
         if state == "waiting":
             return head + "Waiting"
         elapsed = max(blob["at"] - blob["started"], 1e-3)
         rate = done / elapsed
         eta = (size - done) / rate if rate > 0 else 0
-        return head + (f"Downloading {human_size(done)} / {human_size(size)}  "
+        return head + (f"{self.moving} {human_size(done)} / {human_size(size)}  "
                        f"{human_size(rate)}/s  ETA {eta:.0f}s")
 
     def _redraw(self) -> None:

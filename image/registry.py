@@ -238,13 +238,15 @@ class _Job:
 
     ref: Reference
     creds: Credentials | None
+    actions: tuple[str, ...] = ("pull",)
 
     @property
     def scope(self) -> str:
-        return repository_scope(self.ref.path)
+        return repository_scope(self.ref.path, self.actions)
 
     def error(self, detail: str, status: int | None = None, cls: type[RegistryError] = RegistryError, **kw):
-        return cls(f"pull {self.ref}: {detail}", status, str(self.ref), detail, **kw)
+        verb = "push" if "push" in self.actions else "pull"
+        return cls(f"{verb} {self.ref}: {detail}", status, str(self.ref), detail, **kw)
 
 
 T = TypeVar("T")
@@ -480,9 +482,11 @@ class RegistryClient:
             raise job.error(f"cannot load ca_file {ep.tls.ca_file!r} for {ep.host}: {e}") from None
 
     async def _send(
-        self, job: _Job, ep: _Endpoint, url: str, headers: dict[str, str], what: str
+        self, job: _Job, ep: _Endpoint, url: str, headers: dict[str, str], what: str,
+        method: str = "GET", content: Callable[[], object] | None = None,
     ) -> httpx.Response:
-        """GET `url` with auth; a streaming 2xx/3xx response, or a RegistryError."""
+        """`method` `url` with auth; a streaming 2xx/3xx response, or a RegistryError. A body
+        comes from content(), called again if the request must be sent again with a token."""
         client = self._client_for(job, ep)
         authorization = await self._authorize(job, ep, None)
         for auth_round in (0, 1):
@@ -490,7 +494,8 @@ class RegistryClient:
             if authorization:
                 h["Authorization"] = authorization
             try:
-                resp = await client.send(client.build_request("GET", url, headers=h), stream=True)
+                request = client.build_request(method, url, headers=h, content=content() if content else None)
+                resp = await client.send(request, stream=True)
             except httpx.TransportError as e:
                 raise _unreachable(job, ep, e, what) from None
             if resp.status_code != 401 or auth_round == 1:
@@ -615,6 +620,60 @@ class RegistryClient:
             raise job.error(
                 f"{what}transfer from {ep.url} ended at byte {sink.offset} of {size}", cls=_TransientError
             )
+
+    # -- pushing ---------------------------------------------------------------------
+
+    def _push_endpoint(self, ref: Reference) -> _Endpoint:
+        # Pushes go to the registry itself: a mirror serves pulls only.
+        return self._endpoints(ref.domain)[-1]
+
+    async def push_blob(self, ref: Reference, digest: str, size: int, path: str, creds: Credentials | None = None,
+                        progress: Callable[[int], None] | None = None) -> bool:
+        """Upload the blob in file `path` to `ref`'s repository unless it is there; True if uploaded."""
+        job = _Job(ref, creds, ("pull", "push"))
+        self._check_digest(job, digest)
+        ep = self._push_endpoint(ref)
+        what = f"blob {digest}: "
+        try:
+            resp = await self._send(job, ep, blob_url(ep.url, ref.path, digest), {}, what, method="HEAD")
+            await resp.aclose()
+            return False  # already there: nothing to send
+        except RegistryError as e:
+            if e.status != 404:
+                raise
+        resp = await self._send(job, ep, f"{ep.url}/v2/{ref.path}/blobs/uploads/", {"Content-Length": "0"}, what,
+                                method="POST")
+        await resp.aclose()
+        location = resp.headers.get("location")
+        if resp.status_code != 202 or not location:
+            raise job.error(f"{what}{ep.url} did not start an upload (status {resp.status_code}, no Location)")
+        upload = urllib.parse.urljoin(ep.url + "/", location)
+        upload += ("&" if "?" in upload else "?") + urllib.parse.urlencode({"digest": digest})
+
+        async def body():
+            sent = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    sent += len(chunk)
+                    yield chunk
+                    if progress:
+                        progress(sent)
+
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        resp = await self._send(job, ep, upload, headers, what, method="PUT", content=body)
+        await resp.aclose()
+        return True
+
+    async def push_manifest(self, ref: Reference, data: bytes, media_type: str,
+                            creds: Credentials | None = None) -> str:
+        """Put manifest `data` under `ref`'s tag (or digest); the digest the registry gives it."""
+        job = _Job(ref, creds, ("pull", "push"))
+        ep = self._push_endpoint(ref)
+        url = manifest_url(ep.url, ref.path, ref.tag or ref.digest or _sha256_digest(data))
+        resp = await self._send(job, ep, url, {"Content-Type": media_type}, "manifest: ", method="PUT",
+                                content=lambda: data)
+        await resp.aclose()
+        return resp.headers.get("docker-content-digest") or _sha256_digest(data)
 
     @staticmethod
     def _check_digest(job: _Job, digest: str) -> None:

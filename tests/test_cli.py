@@ -15,9 +15,9 @@ from tests.pods import Pods
 
 
 @pytest.fixture(scope="module")
-def daemon(registry, tmp_path_factory):
+def daemon(registry, token_registry, tmp_path_factory):
     need_root()
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry)).start()
+    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry, token_registry)).start()
     yield d
     try:
         Pods(d, "").remove_all()
@@ -25,16 +25,17 @@ def daemon(registry, tmp_path_factory):
         d.stop()
 
 
-def cricket(daemon, *args, check=True) -> subprocess.CompletedProcess:
+def cricket(daemon, *args, check=True, env=None) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "cri.cli", "--socket", daemon.socket, *args],
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
     if check:
         assert done.returncode == 0, done.stderr
     return done
 
 
-def as_json(daemon, *args):
-    return json.loads(cricket(daemon, "-o", "json", *args).stdout)
+def as_json(daemon, *args, env=None):
+    return json.loads(cricket(daemon, "-o", "json", *args, env=env).stdout)
 
 
 def test_pull_images_tag_history_inspect_rmi(daemon, registry, test_images):
@@ -146,3 +147,41 @@ def test_info_and_errors(daemon, tmp_path):
     gone = subprocess.run([sys.executable, "-m", "cri.cli", "--socket", str(tmp_path / "none.sock"), "images"],
                           capture_output=True, text=True, timeout=60)
     assert gone.returncode == 1 and gone.stderr.startswith("cricket: error:")
+
+
+def test_push_then_pull_by_digest(daemon, registry, test_images):
+    info = test_images["busybox"]
+    cricket(daemon, "pull", info.reference(registry))
+    target = f"{registry.host}/pushed/busybox:v1"
+    cricket(daemon, "tag", info.reference(registry), target)
+    out = cricket(daemon, "push", target).stdout
+    # The manifest goes up as stored, so it keeps its digest.
+    assert f"Pushed {registry.host}/pushed/busybox@{info.manifest_digest}" in out
+    seen = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{target}"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert seen["Digest"] == info.manifest_digest
+    cricket(daemon, "rmi", target, info.reference(registry))
+    pulled = as_json(daemon, "pull", f"{registry.host}/pushed/busybox@{info.manifest_digest}")
+    assert pulled["id"] == info.config_digest
+    # A name by digest pushes too (every blob is there already: nothing is sent but the manifest).
+    again = cricket(daemon, "push", f"{registry.host}/pushed/busybox@{info.manifest_digest}").stdout
+    assert "Already present" in again or "present" in again.lower()
+    cricket(daemon, "rmi", f"{registry.host}/pushed/busybox@{info.manifest_digest}")
+
+
+def test_login_then_push_with_the_token_flow(daemon, registry, token_registry, test_images, tmp_path):
+    env = {"CRICKET_AUTH_FILE": str(tmp_path / "auth" / "auth.json")}
+    info = test_images["busybox"]
+    cricket(daemon, "pull", info.reference(registry))
+    target = f"{token_registry.host}/private/pushed:v1"
+    cricket(daemon, "tag", info.reference(registry), target)
+    refused = cricket(daemon, "push", target, check=False, env=env)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    cricket(daemon, "login", token_registry.host, "-u", "alice", "-p", "wonderland", env=env)
+    assert os.stat(env["CRICKET_AUTH_FILE"]).st_mode & 0o777 == 0o600
+    assert f"Pushed {token_registry.host}/private/pushed@{info.manifest_digest}" in \
+        cricket(daemon, "push", target, env=env).stdout
+    cricket(daemon, "rmi", target)
+    assert as_json(daemon, "pull", target, env=env)["id"] == info.config_digest
+    cricket(daemon, "logout", token_registry.host, env=env)
+    cricket(daemon, "rmi", target, info.reference(registry))
