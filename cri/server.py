@@ -100,7 +100,7 @@ async def serve(config: Config) -> None:
     server = grpc.aio.server(interceptors=interceptors or None)
     pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(rt, streaming), server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageService(store, puller, rt.collect_image_garbage), server)
-    apb_grpc.add_AdminServicer_to_server(Admin(rt, store, puller), server)
+    apb_grpc.add_AdminServicer_to_server(Admin(rt, store, puller, client), server)
     # We hold the lock, so a socket file still there is a dead daemon's.
     try:
         os.unlink(config.socket)
