@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from tests.fixtures.images import build_pause_image, push
 from tests.fixtures.registry import start_registry
 
 REFERENCE_PLUGINS = "/usr/lib/cni"
+LIBCNI_CACHE = "/var/lib/cni"
 TARGET_RUN_POD = 0.5  # networked RunPodSandbox, cricket / containerd
 
 
@@ -56,12 +58,14 @@ def write_conflist(conf_dir: str, doc: dict) -> None:
 
 
 class _Bridges:
-    """Bridges the runs make, deleted at the end whatever happens; ip_forward put back."""
+    """Bridges the runs make, deleted at the end whatever happens; ip_forward put back, and
+    the result cache containerd's libcni writes (/var/lib/cni) removed if the run made it."""
 
     def __init__(self):
         self.names: list[str] = []
         with open("/proc/sys/net/ipv4/ip_forward") as f:
             self.forward = f.read()
+        self.libcni_cache_existed = os.path.exists(LIBCNI_CACHE)
 
     def new(self) -> str:
         name = "crkb" + secrets.token_hex(3)
@@ -73,6 +77,8 @@ class _Bridges:
             subprocess.run(["ip", "link", "del", name], capture_output=True)
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write(self.forward)
+        if not self.libcni_cache_existed:
+            shutil.rmtree(LIBCNI_CACHE, ignore_errors=True)
 
 
 def cni_round_trips(work: str, plugins: str, bridge: str, subnet: str, iterations: int) -> dict:
