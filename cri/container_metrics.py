@@ -8,7 +8,6 @@ own metrics (its network) carry the pod's ID and name.
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 

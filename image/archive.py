@@ -195,7 +195,7 @@ class ArchiveSource:
         return path
 
     def _read_docker(self) -> None:
-        for n, entry in enumerate(self._json("manifest.json")):
+        for entry in self._json("manifest.json"):
             config_path = self._path(entry["Config"])
             config_digest, config_size = _sha256_file(config_path)
             self.blobs[config_digest] = config_path

@@ -70,22 +70,21 @@ class BuiltinExecutor:
         self.cgroup = Cgroup(path) if path else None
         self._seccomp: seccomp.Filter | None = None
 
-    @property
-    def seccomp(self) -> seccomp.Filter | None:
-        """The spec's seccomp filter, compiled once, here on the host (see shim/seccomp.py)."""
+    def _compile_seccomp(self) -> None:
+        """Compile the spec's seccomp filter once, here on the host (see shim/seccomp.py): the
+        children that load it have left the host's filesystem by then."""
         profile = (self.spec.get("linux") or {}).get("seccomp")
         if profile and self._seccomp is None:
             try:
                 self._seccomp = seccomp.compile(profile)
             except seccomp.SeccompError as e:
                 raise ExecutorError(f"seccomp: {e.strerror}") from None
-        return self._seccomp
 
     # -- the shim's side --------------------------------------------------------
 
     def create(self, stdio: Stdio) -> Held:
         """Set the container up to just before execve and hold it there. Raises ExecutorError."""
-        self.seccomp  # compiled before the child leaves the host's filesystem
+        self._compile_seccomp()
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -127,7 +126,7 @@ class BuiltinExecutor:
     def exec(self, init_pid: int, process: dict, stdio: Stdio) -> int:
         """Run `process` in the namespaces and cgroup of the container whose first process is
         `init_pid`; return its pid. Raises ExecutorError, including for an execve failure."""
-        self.seccomp  # compiled before the child joins the container's mount namespace
+        self._compile_seccomp()
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
@@ -196,7 +195,7 @@ class BuiltinExecutor:
         _set_rlimits(proc.get("rlimits"))
         _enter_cwd(proc.get("cwd") or "/")
         _install_stdio(stdio, keep={report_w, start_r})
-        confine = _Confinement(proc, self.seccomp)
+        confine = _Confinement(proc, self._seccomp)
         confine.before_user()
         _become_user(proc)
         _say(report_w, "ready")
@@ -256,7 +255,7 @@ class BuiltinExecutor:
         _enter_cwd(process.get("cwd") or "/", create=False)
         _install_stdio(stdio, keep={report_w})
         _set_rlimits(process.get("rlimits"))
-        confine = _Confinement(process, self.seccomp)
+        confine = _Confinement(process, self._seccomp)
         confine.before_user()
         _become_user(process)
         confine.before_execve()
