@@ -1,6 +1,7 @@
 """Tracing: the spans of CRI calls, exported over OTLP/HTTP to a receiver the test runs."""
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
 import time
@@ -9,7 +10,16 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from api.runtime.v1 import api_pb2 as pb
+from image.pull import Puller
+from image.reference import parse_reference
+from image.registry import HostConfig, RegistryClient
+from image.store import ImageStore
 from tests.daemon import Cricketd, need_root, registry_config
 from tests.pods import Pods
 
@@ -116,3 +126,32 @@ def test_a_callers_trace_context_is_honoured(daemon, receiver):
     assert version.parent_span_id.hex() == PARENT_ID
     [failed] = receiver.wait_for("runtime.v1.RuntimeService/ContainerStatus", lambda s: s.trace_id.hex() == TRACE_ID)
     assert failed.status.code == 2 and "NOT_FOUND" in failed.status.message  # STATUS_CODE_ERROR
+
+
+def test_a_pulls_spans_in_memory(registry, test_images, tmp_path):
+    """The same spans, caught in this process by the SDK's in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # the first and only provider of this test process
+    info = test_images["whiteouts"]
+    store = ImageStore(str(tmp_path / "root"))
+
+    async def pull():
+        async with RegistryClient({registry.host: HostConfig(insecure=True)}) as client:
+            with trace.get_tracer("test").start_as_current_span("pull"):
+                return await Puller(store, client).pull(parse_reference(info.reference(registry)))
+
+    try:
+        rec = asyncio.run(pull())
+    finally:
+        store.close()
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    [root] = [s for s in spans if s.name == "pull"]
+    names = sorted(s.name for s in spans if s.context.trace_id == root.context.trace_id)
+    assert rec.id == info.config_digest
+    assert names.count("image.resolve") == 1 and names.count("image.unpack") == len(info.layers)
+    assert names.count("image.blob") == len(info.layers) + 1  # the config is a blob too
+    blobs = {s.attributes["image.digest"] for s in spans if s.name == "image.blob"}
+    assert blobs == {*info.layers, info.config_digest}
