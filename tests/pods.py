@@ -1,6 +1,7 @@
 """Driving pods and containers of a real cricketd over CRI, as kubelet and crictl do."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -9,7 +10,7 @@ import time
 import grpc
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.daemon import Cricketd
+from tests.daemon import Cricketd, need_root
 
 # A CRI log line: RFC 3339 nanosecond timestamp, stream, P or F, content.
 LOG_LINE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (stdout|stderr) ([PF]) (.*)$")
@@ -144,3 +145,22 @@ def rpc_error(fn, *args, **kw) -> grpc.RpcError:
     except grpc.RpcError as e:
         return e
     raise AssertionError(f"{getattr(fn, '__name__', fn)} did not fail")
+
+
+@contextlib.contextmanager
+def serving(workdir: str, config: str = "", images=()):
+    """A started cricketd with `images` pulled. Afterwards, even after a failure, its pods are
+    removed (it is started again first if a test left it stopped) and it stops."""
+    need_root()
+    d = Cricketd(workdir, config).start()
+    try:
+        for ref in images:
+            d.pull(ref)
+        yield d
+    finally:
+        try:
+            if d.proc is None:
+                d.start()
+            Pods(d, "").remove_all()
+        finally:
+            d.stop()

@@ -10,19 +10,14 @@ import sys
 
 import pytest
 
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods
+from tests.daemon import registry_config
+from tests.pods import Pods, serving
 
 
 @pytest.fixture(scope="module")
 def daemon(registry, token_registry, tmp_path_factory):
-    need_root()
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry, token_registry)).start()
-    yield d
-    try:
-        Pods(d, "").remove_all()
-    finally:
-        d.stop()
+    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry, token_registry)) as d:
+        yield d
 
 
 def cricket(daemon, *args, check=True, env=None) -> subprocess.CompletedProcess:
@@ -165,7 +160,7 @@ def test_push_then_pull_by_digest(daemon, registry, test_images):
     assert pulled["id"] == info.config_digest
     # A name by digest pushes too (every blob is there already: nothing is sent but the manifest).
     again = cricket(daemon, "push", f"{registry.host}/pushed/busybox@{info.manifest_digest}").stdout
-    assert "Already present" in again or "present" in again.lower()
+    assert "Already present" in again
     cricket(daemon, "rmi", f"{registry.host}/pushed/busybox@{info.manifest_digest}")
 
 

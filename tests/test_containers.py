@@ -13,19 +13,15 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from shim.cgroups import Cgroup
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods, rpc_error
+from tests.daemon import registry_config
+from tests.pods import Pods, rpc_error, serving
 
 
 @pytest.fixture(scope="module")
 def daemon(registry, test_images, tmp_path_factory):
-    need_root()
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry)).start()
-    for name in ("busybox", "user-name", "volume", "stopsignal"):
-        d.pull(test_images[name].reference(registry))
-    yield d
-    Pods(d, "").remove_all()
-    d.stop()
+    images = [test_images[name].reference(registry) for name in ("busybox", "user-name", "volume", "stopsignal")]
+    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry), images) as d:
+        yield d
 
 
 @pytest.fixture

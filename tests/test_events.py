@@ -10,20 +10,15 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.events import EventBus
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods
+from tests.daemon import registry_config
+from tests.pods import Pods, serving
 
 
 @pytest.fixture(scope="module")
 def daemon(registry, test_images, tmp_path_factory):
-    need_root()
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry)).start()
-    d.pull(test_images["busybox"].reference(registry))
-    yield d
-    try:
-        Pods(d, "").remove_all()
-    finally:
-        d.stop()
+    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry),
+                 [test_images["busybox"].reference(registry)]) as d:
+        yield d
 
 
 @pytest.fixture

@@ -7,23 +7,17 @@ import time
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods
+from tests.daemon import registry_config
+from tests.pods import Pods, serving
 
 MAX_SIZE = 4096
 
 
 @pytest.fixture(scope="module")
 def daemon(registry, test_images, tmp_path_factory):
-    need_root()
     config = registry_config(registry) + f"\n[container_logs]\nmax_size = {MAX_SIZE}\nmax_files = 3\n"
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), config).start()
-    d.pull(test_images["busybox"].reference(registry))
-    yield d
-    try:
-        Pods(d, "").remove_all()
-    finally:
-        d.stop()
+    with serving(str(tmp_path_factory.mktemp("cricketd")), config, [test_images["busybox"].reference(registry)]) as d:
+        yield d
 
 
 def numbers(path: str) -> list[int]:

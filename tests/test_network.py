@@ -26,7 +26,7 @@ import pytest
 from api.runtime.v1 import api_pb2 as pb
 from cni.install import install_plugins
 from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods, rpc_error
+from tests.pods import Pods, rpc_error, serving
 
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
@@ -114,15 +114,9 @@ def network(tmp_path):
 
 @pytest.fixture
 def daemon(registry, test_images, tmp_path, network):
-    d = Cricketd(str(tmp_path / "cricketd"), registry_config(registry) + network.daemon_config()).start()
-    d.pull(test_images["busybox"].reference(registry))
-    yield d
-    try:
-        if d.proc is None:
-            d.start()
-        Pods(d, "").remove_all()
-    finally:
-        d.stop()
+    with serving(str(tmp_path / "cricketd"), registry_config(registry) + network.daemon_config(),
+                 [test_images["busybox"].reference(registry)]) as d:
+        yield d
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.runtime.v1 import api_pb2 as pb
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods, rpc_error
+from tests.daemon import registry_config
+from tests.pods import Pods, rpc_error, serving
 
 
 def free_port() -> int:
@@ -20,16 +20,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def daemon(registry, tmp_path_factory):
-    need_root()
     address = f"127.0.0.1:{free_port()}"
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")),
-                 registry_config(registry) + f'\n[metrics]\naddress = "{address}"\n').start()
-    d.metrics_url = f"http://{address}/metrics"
-    yield d
-    try:
-        Pods(d, "").remove_all()
-    finally:
-        d.stop()
+    with serving(str(tmp_path_factory.mktemp("cricketd")),
+                 registry_config(registry) + f'\n[metrics]\naddress = "{address}"\n') as d:
+        d.metrics_url = f"http://{address}/metrics"
+        yield d
 
 
 def scrape(d) -> dict[tuple, float]:

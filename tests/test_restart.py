@@ -13,20 +13,15 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from shim.cgroups import Cgroup
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods
+from tests.daemon import Cricketd, registry_config
+from tests.pods import Pods, serving
 
 
 @pytest.fixture
 def daemon(registry, test_images, tmp_path):
-    need_root()
-    d = Cricketd(str(tmp_path / "cricketd"), registry_config(registry)).start()
-    d.pull(test_images["busybox"].reference(registry))
-    yield d
-    if d.proc is None:
-        d.start()
-    Pods(d, "").remove_all()
-    d.stop()
+    with serving(str(tmp_path / "cricketd"), registry_config(registry),
+                 [test_images["busybox"].reference(registry)]) as d:
+        yield d
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.config import Config, runtime_handlers
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods, rpc_error
+from tests.daemon import registry_config
+from tests.pods import Pods, rpc_error, serving
 
 # The OCI runtimes a daemon with no [runtimes] table offers here, beside the built-in executor.
 HANDLERS = ["", *runtime_handlers(Config())]
@@ -23,13 +23,9 @@ CAP_NET_ADMIN = 12
 
 @pytest.fixture(scope="module")
 def daemon(registry, test_images, tmp_path_factory):
-    need_root()
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry)).start()
-    for name in ("busybox", "user-name"):
-        d.pull(test_images[name].reference(registry))
-    yield d
-    Pods(d, "").remove_all()
-    d.stop()
+    images = [test_images[name].reference(registry) for name in ("busybox", "user-name")]
+    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry), images) as d:
+        yield d
 
 
 @pytest.fixture

@@ -21,22 +21,17 @@ from kubernetes.stream.ws_client import PortForward, WSClient, create_websocket
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.streaming import spdy
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods, rpc_error
+from tests.daemon import registry_config
+from tests.pods import Pods, rpc_error, serving
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
 
 
 @pytest.fixture(scope="module")
 def daemon(registry, test_images, tmp_path_factory):
-    need_root()
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry)).start()
-    d.pull(test_images["busybox"].reference(registry))
-    yield d
-    try:
-        Pods(d, "").remove_all()
-    finally:
-        d.stop()
+    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry),
+                 [test_images["busybox"].reference(registry)]) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

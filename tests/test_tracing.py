@@ -8,9 +8,10 @@ import time
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -20,8 +21,8 @@ from image.pull import Puller
 from image.reference import parse_reference
 from image.registry import HostConfig, RegistryClient
 from image.store import ImageStore
-from tests.daemon import Cricketd, need_root, registry_config
-from tests.pods import Pods
+from tests.daemon import registry_config
+from tests.pods import Pods, serving
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -78,14 +79,9 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def daemon(registry, receiver, tmp_path_factory):
-    need_root()
-    d = Cricketd(str(tmp_path_factory.mktemp("cricketd")),
-                 registry_config(registry) + f'\n[tracing]\nendpoint = "{receiver.url}"\n').start()
-    yield d
-    try:
-        Pods(d, "").remove_all()
-    finally:
-        d.stop()
+    with serving(str(tmp_path_factory.mktemp("cricketd")),
+                 registry_config(registry) + f'\n[tracing]\nendpoint = "{receiver.url}"\n') as d:
+        yield d
 
 
 def attributes(span) -> dict:

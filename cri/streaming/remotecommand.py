@@ -229,6 +229,26 @@ async def _cancel(tasks) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _stdio_pipes(ch: Channels, opts: Options):
+    """Pipes for stdio without a terminal: the ends the process gets (stdin, stdout, stderr;
+    None where not asked for), the write end of its stdin (or None), the read ends of its
+    outputs, and the tasks copying those outputs to the client."""
+    theirs: list[int | None] = [None, None, None]
+    stdin_w = None
+    reads: list[int] = []
+    outputs: list[asyncio.Task] = []
+    if opts.stdin:
+        theirs[0], stdin_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(stdin_w, False)
+    for i, (name, wanted) in enumerate((("stdout", opts.stdout), ("stderr", opts.stderr)), start=1):
+        if wanted:
+            r, theirs[i] = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(r, False)
+            reads.append(r)
+            outputs.append(asyncio.create_task(_pump_out(r, ch, name)))
+    return theirs, stdin_w, reads, outputs
+
+
 # -- exec --------------------------------------------------------------------------------
 
 
@@ -255,21 +275,10 @@ async def serve_exec(rt: Runtime, req: pb.ExecRequest, ch: Channels) -> None:
         tasks.append(asyncio.create_task(_pump_resize(ch, lambda w, h: _async(_set_size, master, w, h))))
         outputs = tasks[:1]
     else:
-        theirs = [None, None, None]
-        outputs = []
-        if opts.stdin:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            theirs[0] = r
-            os.set_blocking(w, False)
-            tasks.append(asyncio.create_task(_pump_in(ch, w, close_at_end=True)))
-        for i, (name, wanted) in enumerate((("stdout", opts.stdout), ("stderr", opts.stderr)), start=1):
-            if wanted:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                theirs[i] = w
-                os.set_blocking(r, False)
-                ours.append(r)
-                outputs.append(asyncio.create_task(_pump_out(r, ch, name)))
+        theirs, stdin_w, ours, outputs = _stdio_pipes(ch, opts)
         tasks += outputs
+        if stdin_w is not None:
+            tasks.append(asyncio.create_task(_pump_in(ch, stdin_w, close_at_end=True)))
     gone = asyncio.create_task(ch.gone())
     try:
         try:
@@ -313,34 +322,21 @@ async def serve_attach(rt: Runtime, req: pb.AttachRequest, ch: Channels) -> None
         await finish(ch, internal_error(problem))
         return
     opts = Options(req.stdin, req.stdout, req.stderr and not req.tty, req.tty)
-    theirs: list[int | None] = [None, None, None]
-    ours: list[int] = []
-    tasks: list[asyncio.Task] = []
-    outputs: list[asyncio.Task] = []
-    if opts.stdin:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        theirs[0] = r
-        os.set_blocking(w, False)
-        ours.append(w)
-    for i, (name, wanted) in enumerate((("stdout", opts.stdout), ("stderr", opts.stderr)), start=1):
-        if wanted:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            theirs[i] = w
-            os.set_blocking(r, False)
-            ours.append(r)
-            outputs.append(asyncio.create_task(_pump_out(r, ch, name)))
-    tasks += outputs
+    theirs, stdin_w, ours, outputs = _stdio_pipes(ch, opts)
+    if stdin_w is not None:
+        ours.append(stdin_w)  # ours to close until the client's input is being copied
+    tasks = list(outputs)
     gone = asyncio.create_task(ch.gone())
     try:
         try:
             await c.shim.attach(*theirs)
         finally:
             _close(theirs)
-        if opts.stdin:
-            # The pipe's write end is ours to close when the client's input ends: the shim then
+        if stdin_w is not None:
+            # The pipe's write end is closed when the client's input ends: the shim then
             # closes the container's stdin if it is stdin_once.
-            w = ours.pop(0)
-            tasks.append(asyncio.create_task(_pump_in(ch, w, close_at_end=True)))
+            ours.remove(stdin_w)
+            tasks.append(asyncio.create_task(_pump_in(ch, stdin_w, close_at_end=True)))
         if opts.tty:
             tasks.append(asyncio.create_task(_pump_resize(ch, c.shim.resize)))
         # The attachment lasts until the container's output ends (it exited) or the client leaves;
