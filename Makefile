@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PROTO  := api/runtime/v1/api.proto
-STUBS  := api/runtime/v1/api_pb2.py api/runtime/v1/api_pb2_grpc.py
+STUBS  := api/runtime/v1/api_pb2.py api/runtime/v1/api_pb2.pyi api/runtime/v1/api_pb2_grpc.py
 SHIM_PROTO := api/shim/v1/shim.proto
 SHIM_STUBS := api/shim/v1/shim_pb2.py
 ADMIN_PROTO := api/admin/v1/admin.proto
@@ -18,7 +18,7 @@ RUN_DEBS   := iproute2 iptables libseccomp2
 TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun containernetworking-plugins
 BENCH_DEBS := containerd runc
 
-.PHONY: install run test bench proto deps-run deps-test deps-bench clean
+.PHONY: install run test unit lint bench proto deps-run deps-test deps-bench clean
 
 install: deps-run $(VENV)/.installed proto
 	$(VENV)/bin/cricket-cni-install
@@ -29,20 +29,28 @@ run: install
 test: deps-test install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The tests that need neither root nor Debian packages: the venv is enough.
+unit: $(VENV)/.installed proto
+	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed proto
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 bench: deps-test deps-bench install
 	$(VENV)/bin/python -m bench $(ARGS)
 
 proto: $(STUBS) $(SHIM_STUBS) $(ADMIN_STUBS)
 
 $(STUBS): $(PROTO) $(VENV)/.installed
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(PROTO)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 # The shim protocol is frames over a unix socket, not gRPC: messages only.
 $(SHIM_STUBS): $(SHIM_PROTO) $(VENV)/.installed
-	$(PY) -m grpc_tools.protoc -I . --python_out=. $(SHIM_PROTO)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. $(SHIM_PROTO)
 
 $(ADMIN_STUBS): $(ADMIN_PROTO) $(VENV)/.installed
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(ADMIN_PROTO)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(ADMIN_PROTO)
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,4 +68,4 @@ deps-bench:
 	@./.ci/apt-install $(BENCH_DEBS)
 
 clean:
-	rm -rf $(VENV) $(STUBS) $(SHIM_STUBS) $(ADMIN_STUBS) *.egg-info
+	rm -rf $(VENV) api/*/v1/*_pb2*.py api/*/v1/*_pb2*.pyi *.egg-info .mypy_cache .ruff_cache

@@ -7,10 +7,10 @@ import os
 import signal
 import sys
 
-from bench import lifecycle, network, pull
+from bench import lifecycle, network, pull, unpack
 
 # Name -> module with add_arguments(parser), run(args) -> figures, report(figures) -> text.
-BENCHMARKS = {"pull": pull, "lifecycle": lifecycle, "network": network}
+BENCHMARKS = {"pull": pull, "lifecycle": lifecycle, "network": network, "unpack": unpack}
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 

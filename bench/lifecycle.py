@@ -30,9 +30,12 @@ SETTLE_SECONDS = 1.0
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--iterations", type=int, default=50, help="lifecycle iterations per runtime (default %(default)s)")
-    parser.add_argument("--populations", default="10,50",
-                        help="numbers of running pods to weigh the shims at (default %(default)s)")
+    parser.add_argument(
+        "--iterations", type=int, default=50, help="lifecycle iterations per runtime (default %(default)s)"
+    )
+    parser.add_argument(
+        "--populations", default="10,50", help="numbers of running pods to weigh the shims at (default %(default)s)"
+    )
 
 
 def pod_config(log_dir: str) -> pb.PodSandboxConfig:
@@ -40,17 +43,25 @@ def pod_config(log_dir: str) -> pb.PodSandboxConfig:
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=f"bench-{uid[:6]}", namespace="bench", uid=uid),
         log_directory=os.path.join(log_dir, uid),
-        linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD))),
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD)
+            )
+        ),
     )
 
 
 def container_config(image: str) -> pb.ContainerConfig:
     return pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name="sleeper"), image=pb.ImageSpec(image=image),
-        command=["sleep", "3600"], log_path="sleeper.log",
-        linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
-            namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD))),
+        metadata=pb.ContainerMetadata(name="sleeper"),
+        image=pb.ImageSpec(image=image),
+        command=["sleep", "3600"],
+        log_path="sleeper.log",
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD)
+            )
+        ),
     )
 
 
@@ -103,7 +114,7 @@ def _children(pid: int) -> list[int]:
                     stat = f.read()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
                 out.append(int(entry))
     return out
 
@@ -112,21 +123,36 @@ def weigh(peer, pods: list[tuple[str, str]]) -> dict:
     """PSS (KiB) of the processes each pod costs the runtime, apart from its container's own."""
     rt = peer.runtime
     if peer.name == "cricket":
-        shims = {json.loads(rt.ContainerStatus(pb.ContainerStatusRequest(container_id=c, verbose=True))
-                            .info["info"])["shimPid"] for _, c in pods}
+        shims = {
+            json.loads(rt.ContainerStatus(pb.ContainerStatusRequest(container_id=c, verbose=True)).info["info"])[
+                "shimPid"
+            ]
+            for _, c in pods
+        }
         zygotes = [p for p in _children(peer.pid) if open(f"/proc/{p}/comm").read().strip() == "cricket-zygote"]
-        return {"shims_kib": sum(_pss(p) for p in shims), "shim_count": len(shims),
-                "shared_kib": sum(_pss(p) for p in zygotes), "shared": "zygote", "pause_kib": 0}
+        return {
+            "shims_kib": sum(_pss(p) for p in shims),
+            "shim_count": len(shims),
+            "shared_kib": sum(_pss(p) for p in zygotes),
+            "shared": "zygote",
+            "pause_kib": 0,
+        }
     shims, pauses = set(), set()
     for pod, _ in pods:
-        pause = json.loads(rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True))
-                           .info["info"])["pid"]
+        pause = json.loads(
+            rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True)).info["info"]
+        )["pid"]
         pauses.add(pause)
         with open(f"/proc/{pause}/stat") as f:
             stat = f.read()
-        shims.add(int(stat[stat.rindex(")") + 2:].split()[1]))  # the pause's parent is its pod's shim
-    return {"shims_kib": sum(_pss(p) for p in shims), "shim_count": len(shims), "shared_kib": 0,
-            "shared": "", "pause_kib": sum(_pss(p) for p in pauses)}
+        shims.add(int(stat[stat.rindex(")") + 2 :].split()[1]))  # the pause's parent is its pod's shim
+    return {
+        "shims_kib": sum(_pss(p) for p in shims),
+        "shim_count": len(shims),
+        "shared_kib": 0,
+        "shared": "",
+        "pause_kib": sum(_pss(p) for p in pauses),
+    }
 
 
 def run(args) -> dict:
@@ -139,7 +165,10 @@ def run(args) -> dict:
             push(images, "busybox", registry)
             push(pause_images, "pause", registry)
             image = images["busybox"].reference(registry)
-            peers = [Cricket([registry]), Containerd([registry], sandbox_image=pause_images["pause"].reference(registry))]
+            peers = [
+                Cricket([registry]),
+                Containerd([registry], sandbox_image=pause_images["pause"].reference(registry)),
+            ]
             try:
                 for peer in peers:
                     peer.start()
@@ -148,8 +177,12 @@ def run(args) -> dict:
             finally:
                 for peer in peers:
                     peer.stop()
-    figures["setup"] = {"iterations": args.iterations, "populations": populations, "cpus": os.cpu_count(),
-                        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    figures["setup"] = {
+        "iterations": args.iterations,
+        "populations": populations,
+        "cpus": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     return figures
 
 
@@ -181,11 +214,17 @@ def measure(peers, image: str, log_dir: str, iterations: int, populations: list[
 def report(f: dict) -> str:
     c, d = f["cricket"], f["containerd"]
     s = f["setup"]
-    lines = [f"lifecycle: {s['iterations']} iterations each, busybox 'sleep 3600' in a host-network pod; "
-             f"{s['cpus']} CPUs",
-             f"{'median (ms)':30}{'cricket':>10}{'containerd':>12}{'ratio':>8}   target"]
-    labels = {"run_pod": "RunPodSandbox", "create": "CreateContainer", "start": "StartContainer",
-              "stop_remove": "Stop+RemoveContainer", "stop_remove_pod": "Stop+RemovePodSandbox"}
+    lines = [
+        f"lifecycle: {s['iterations']} iterations each, busybox 'sleep 3600' in a host-network pod; {s['cpus']} CPUs",
+        f"{'median (ms)':30}{'cricket':>10}{'containerd':>12}{'ratio':>8}   target",
+    ]
+    labels = {
+        "run_pod": "RunPodSandbox",
+        "create": "CreateContainer",
+        "start": "StartContainer",
+        "stop_remove": "Stop+RemoveContainer",
+        "stop_remove_pod": "Stop+RemovePodSandbox",
+    }
     for key, label in labels.items():
         cv, dv = c[key + "_median_ms"], d[key + "_median_ms"]
         ratio = cv / dv
@@ -197,9 +236,13 @@ def report(f: dict) -> str:
         cm, dm = c["memory"][str(n)], d["memory"][str(n)]
         cs, ds = cm["shims_kib"] / n, dm["shims_kib"] / n
         verdict = "PASS" if cs <= ds else "MISS"
-        lines.append(f"{f'shim, {n} pods':30}{cs:>10.0f}{ds:>12.0f}{cs / ds:>8.2f}   {verdict}  shim PSS <= containerd-shim's")
+        lines.append(
+            f"{f'shim, {n} pods':30}{cs:>10.0f}{ds:>12.0f}{cs / ds:>8.2f}   {verdict}  shim PSS <= containerd-shim's"
+        )
         ca = (cm["shims_kib"] + cm["shared_kib"]) / n
         da = (dm["shims_kib"] + dm["pause_kib"]) / n
-        lines.append(f"{f'all runtime processes, {n} pods':30}{ca:>10.0f}{da:>12.0f}{ca / da:>8.2f}   "
-                     f"(cricket: shims + zygote; containerd: shims + pause)")
+        lines.append(
+            f"{f'all runtime processes, {n} pods':30}{ca:>10.0f}{da:>12.0f}{ca / da:>8.2f}   "
+            f"(cricket: shims + zygote; containerd: shims + pause)"
+        )
     return "\n".join(lines)

@@ -17,7 +17,7 @@ import grpc
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
-from shim.cgroups import Cgroup
+from linux.cgroups import Cgroup
 from tests.daemon import Cricketd, registry_config
 
 START_TIMEOUT = 30
@@ -138,7 +138,7 @@ class Containerd(Peer):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["containerd", "--config", self.config_path],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,  # noqa: PLW1509 (see _prctl)
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
             )
         self.pid = self.proc.pid
         self._channel = grpc.insecure_channel("unix://" + self.socket)
@@ -156,7 +156,9 @@ class Containerd(Peer):
                 return
             except grpc.RpcError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"containerd's CRI did not answer within {START_TIMEOUT}s:\n{self.log()}")
+                    raise RuntimeError(
+                        f"containerd's CRI did not answer within {START_TIMEOUT}s:\n{self.log()}"
+                    ) from None
                 time.sleep(0.05)
 
     def log(self) -> str:
@@ -181,8 +183,15 @@ class Containerd(Peer):
             print(f"bench: left cgroup /k8s.io in place: {e}", file=sys.stderr)
 
 
-def containerd_config(workdir: str, root_dir: str, socket: str, registries, sandbox_image: str = "",
-                      cni_conf_dir: str = "", cni_bin_dir: str = "") -> str:
+def containerd_config(
+    workdir: str,
+    root_dir: str,
+    socket: str,
+    registries,
+    sandbox_image: str = "",
+    cni_conf_dir: str = "",
+    cni_bin_dir: str = "",
+) -> str:
     """containerd 1.6 config: everything it writes lives under workdir; each registry is
     reached over plain HTTP through a hosts.toml (the non-deprecated way)."""
     hosts_dir = os.path.join(workdir, "certs.d")
@@ -191,9 +200,7 @@ def containerd_config(workdir: str, root_dir: str, socket: str, registries, sand
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "hosts.toml"), "w") as f:
             f.write(
-                f'server = "http://{reg.host}"\n\n'
-                f'[host."http://{reg.host}"]\n'
-                f'  capabilities = ["pull", "resolve"]\n'
+                f'server = "http://{reg.host}"\n\n[host."http://{reg.host}"]\n  capabilities = ["pull", "resolve"]\n'
             )
     # Unless a benchmark brings a network, an empty CNI dir: the host's network config is
     # none of the benchmark's business.

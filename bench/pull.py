@@ -22,7 +22,9 @@ REPULL_TARGET_MS = 50
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runs", type=int, default=3, help="cold pulls per runtime (default %(default)s)")
-    parser.add_argument("--repulls", type=int, default=10, help="re-pulls of the present image per runtime (default %(default)s)")
+    parser.add_argument(
+        "--repulls", type=int, default=10, help="re-pulls of the present image per runtime (default %(default)s)"
+    )
     parser.add_argument("--mb", type=int, default=50, help="size of the image in MB (default %(default)s)")
 
 
@@ -41,9 +43,15 @@ def run(args) -> dict:
             finally:
                 for peer in peers:
                     peer.stop()
-    figures["setup"] = {"image": IMAGE, "image_bytes": info.size, "layers": len(info.layers),
-                        "image_id": info.config_digest, "runs": args.runs, "repulls": args.repulls,
-                        **environment()}
+    figures["setup"] = {
+        "image": IMAGE,
+        "image_bytes": info.size,
+        "layers": len(info.layers),
+        "image_id": info.config_digest,
+        "runs": args.runs,
+        "repulls": args.repulls,
+        **environment(),
+    }
     return figures
 
 
@@ -91,8 +99,12 @@ def measure(peers, image: str, args) -> dict:
 
 def environment() -> dict:
     version = subprocess.run(["containerd", "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    return {"containerd": version, "cpus": os.cpu_count(), "kernel": os.uname().release,
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {
+        "containerd": version,
+        "cpus": os.cpu_count(),
+        "kernel": os.uname().release,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def report(f: dict) -> str:
@@ -100,12 +112,23 @@ def report(f: dict) -> str:
     s = f["setup"]
     cold_ok = c["cold_runs_were_cold"] and d["cold_runs_were_cold"]
     rows = [
-        ("cold pull, median (s)", c["cold_median_s"], d["cold_median_s"], "3f",
-         _verdict(c["cold_median_s"] <= d["cold_median_s"], "no slower than containerd")
-         if cold_ok else "INVALID  some 'cold' pulls were warm (see below)"),
+        (
+            "cold pull, median (s)",
+            c["cold_median_s"],
+            d["cold_median_s"],
+            "3f",
+            _verdict(c["cold_median_s"] <= d["cold_median_s"], "no slower than containerd")
+            if cold_ok
+            else "INVALID  some 'cold' pulls were warm (see below)",
+        ),
         ("cold pull, min (s)", c["cold_min_s"], d["cold_min_s"], "3f", ""),
-        ("re-pull, median (ms)", c["repull_median_s"] * 1000, d["repull_median_s"] * 1000, "1f",
-         _verdict(c["repull_median_s"] * 1000 < REPULL_TARGET_MS, f"under {REPULL_TARGET_MS} ms")),
+        (
+            "re-pull, median (ms)",
+            c["repull_median_s"] * 1000,
+            d["repull_median_s"] * 1000,
+            "1f",
+            _verdict(c["repull_median_s"] * 1000 < REPULL_TARGET_MS, f"under {REPULL_TARGET_MS} ms"),
+        ),
     ]
     for when, label in (("memory_start", "at start"), ("memory_after", "after pulls")):
         for key, name in (("rss_kib", "RSS"), ("pss_kib", "PSS")):
@@ -114,24 +137,34 @@ def report(f: dict) -> str:
             rows.append((f"idle {name} {label} (MiB)", cv, dv, "1f", target))
 
     lines = [
-        (f"pull: {s['image_bytes'] / 1e6:.1f} MB image, {s['layers']} layers, loopback registry; "
-         f"{s['runs']} cold pulls and {s['repulls']} re-pulls each; {s['cpus']} CPUs; {s['containerd']}"),
+        (
+            f"pull: {s['image_bytes'] / 1e6:.1f} MB image, {s['layers']} layers, loopback registry; "
+            f"{s['runs']} cold pulls and {s['repulls']} re-pulls each; {s['cpus']} CPUs; {s['containerd']}"
+        ),
         f"{'':28}{'cricket':>10}{'containerd':>12}{'ratio':>8}   target",
     ]
     for label, cv, dv, fmt, target in rows:
         ratio = f"{cv / dv:.2f}" if dv else "-"
         lines.append(f"{label:28}{cv:>10.{fmt}}{dv:>12.{fmt}}{ratio:>8}   {target}")
-    lines.append("cold pulls (s): " + "; ".join(
-        f"{name} " + " ".join(f"{t:.3f}" for t in f[name]["cold_s"]) for name in ("cricket", "containerd")))
+    lines.append(
+        "cold pulls (s): "
+        + "; ".join(f"{name} " + " ".join(f"{t:.3f}" for t in f[name]["cold_s"]) for name in ("cricket", "containerd"))
+    )
     for name in ("cricket", "containerd"):
         if f[name]["image_ref"] != s["image_id"]:
-            lines.append(f"WARNING: {name} answered image {f[name]['image_ref']}, but the image built is {s['image_id']}")
+            lines.append(
+                f"WARNING: {name} answered image {f[name]['image_ref']}, but the image built is {s['image_id']}"
+            )
         if not f[name]["cold_runs_were_cold"]:
             left = ", ".join(f"{b / 1e6:.1f}" for b in f[name]["stored_after_remove_bytes"])
-            lines.append(f"WARNING: {name} kept its layers after RemoveImage (MB left under its root "
-                         f"after each removal: {left}), so its cold pulls after the first were not cold")
-    lines.append("ratio is cricket / containerd; RSS and PSS are of the daemon process alone (PSS splits shared\n"
-                 "library pages among the processes mapping them, this benchmark's own gRPC client included)")
+            lines.append(
+                f"WARNING: {name} kept its layers after RemoveImage (MB left under its root "
+                f"after each removal: {left}), so its cold pulls after the first were not cold"
+            )
+    lines.append(
+        "ratio is cricket / containerd; RSS and PSS are of the daemon process alone (PSS splits shared\n"
+        "library pages among the processes mapping them, this benchmark's own gRPC client included)"
+    )
     return "\n".join(lines)
 
 

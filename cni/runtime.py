@@ -22,8 +22,14 @@ import time
 from opentelemetry import trace
 
 from cni import invoke
-from cni.spec import IO_FAILURE, CniError, load_network_config, plugin_config, result_from_any
-from shim.client import call
+from cni.spec import (
+    IO_FAILURE,
+    CniError,
+    load_network_config,
+    plugin_config,
+    result_from_any,
+)
+from frames.client import call
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("cricket.cni")

@@ -36,7 +36,7 @@ class CniError(Exception):
         return out
 
     @classmethod
-    def from_json(cls, doc: dict, plugin: str) -> "CniError":
+    def from_json(cls, doc: dict, plugin: str) -> CniError:
         return cls(int(doc.get("code", IO_FAILURE)), f"plugin {plugin}: {doc.get('msg', 'failed')}",
                    str(doc.get("details", "")))
 

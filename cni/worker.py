@@ -6,7 +6,7 @@ zygote (every shim would map it). So cricketd starts this process when a pod
 first needs a network, sends it one plugin call per request, and the worker
 goes away when idle. No interpreter is started per plugin call.
 
-Requests and answers are frames (shim/framing.py) of JSON:
+Requests and answers are frames (frames/framing.py) of JSON:
 {"kind", "command", "conf", "env": {container_id, netns, ifname, path, args}} ->
 {"result": ...} or {"error": {"code", "msg", "details"}}.
 """
@@ -21,7 +21,8 @@ import threading
 
 from cni import invoke
 from cni.spec import IO_FAILURE, CniError
-from shim import channel, linux
+from frames import channel
+from linux import libc
 
 IDLE_SECONDS = 120.0
 
@@ -64,7 +65,7 @@ def serve(path: str) -> None:
     while True:
         try:
             conn, _ = listener.accept()
-        except socket.timeout:
+        except TimeoutError:
             with lock:
                 if busy[0] == 0:
                     break
@@ -82,9 +83,9 @@ def serve(path: str) -> None:
 
 
 def main() -> int:
-    linux.set_name("cricket-net")
+    libc.set_name("cricket-net")
     parent = os.getppid()
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGTERM)  # cricketd's helper, not a lasting service
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)  # cricketd's helper, not a lasting service
     if os.getppid() != parent:
         return 0  # cricketd went before the line above took effect
     os.setsid()

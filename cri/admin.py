@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime
@@ -86,7 +86,7 @@ class Admin(apb_grpc.AdminServicer):
                     yield event
                 await asyncio.sleep(PROGRESS_SECONDS)
             result = task.result()
-        except Exception as e:  # noqa: BLE001 - becomes the call's status
+        except Exception as e:
             await _abort(context, e, what)
         finally:
             if not task.done():
@@ -205,7 +205,7 @@ class Admin(apb_grpc.AdminServicer):
                 for name, _ in source.images:
                     rec = await loader.pull(parse_reference(name))
                     loaded.append(f"{name} ({rec.id})")
-            except Exception as e:  # noqa: BLE001 - becomes the call's status
+            except Exception as e:
                 await _abort(context, InvalidArgument(f"load: {e}") if isinstance(e, (ArchiveError, ValueError))
                              else e, "Load")
             return apb.LoadResponse(images=loaded)

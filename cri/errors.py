@@ -11,7 +11,7 @@ import logging
 
 import grpc
 
-from cri.shims import ShimError
+from frames.shim_client import ShimError
 from image.content import ContentError
 from image.manifest import ManifestError
 from image.reference import ReferenceError

@@ -36,7 +36,7 @@ class EventBus:
             return
         try:
             event = self.describe(kind, sandbox_id, container_id)
-        except Exception:  # noqa: BLE001 - an event that cannot be described must not fail the call
+        except Exception:
             log.exception("describing a %s event of %s", pb.ContainerEventType.Name(kind),
                           container_id or sandbox_id)
             return

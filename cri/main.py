@@ -15,7 +15,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default=configuration.DEFAULT_CONFIG_FILE,
                    help="TOML config file (default %(default)s; the daemon runs without one)")
     p.add_argument("--socket", help="unix socket to serve CRI on (default /run/cricket/cricket.sock)")
-    p.add_argument("--root", dest="root_dir", help="persistent state: metadata, content, snapshots (default /var/lib/cricket)")
+    p.add_argument(
+        "--root", dest="root_dir", help="persistent state: metadata, content, snapshots (default /var/lib/cricket)"
+    )
     p.add_argument("--state", dest="state_dir", help="state that must not outlive a reboot (default /run/cricket)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)

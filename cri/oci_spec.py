@@ -12,8 +12,8 @@ import posixpath
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
-from shim import caps
-from shim.mounts import mount_of, secure_join
+from linux import caps
+from linux.mounts import mount_of, secure_join
 
 OCI_VERSION = "1.1.0"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -230,7 +230,8 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
         binds.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
     for dest, source in volumes:
         if posixpath.normpath(dest) not in taken:
-            binds.append({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate", "rw"]})
+            binds.append({"destination": dest, "type": "bind", "source": source,
+                          "options": ["rbind", "rprivate", "rw"]})
     binds.sort(key=lambda m: _depth(m["destination"]))
     defaults = []
     dev_given = "/dev" in taken
@@ -250,11 +251,15 @@ def _check_propagation(m: pb.Mount, source: str) -> None:
     shared = any(o.startswith("shared:") for o in optional)
     slave = any(o.startswith("master:") for o in optional)
     if m.propagation == pb.PROPAGATION_BIDIRECTIONAL and not shared:
-        raise InvalidArgument(f"mount {m.container_path}: bidirectional propagation needs {m.host_path} on a "
-                              f"shared mount, but {point} is not shared")
+        raise InvalidArgument(
+            f"mount {m.container_path}: bidirectional propagation needs {m.host_path} on a "
+            f"shared mount, but {point} is not shared"
+        )
     if m.propagation == pb.PROPAGATION_HOST_TO_CONTAINER and not (shared or slave):
-        raise InvalidArgument(f"mount {m.container_path}: host-to-container propagation needs {m.host_path} on a "
-                              f"shared or slave mount, but {point} is private")
+        raise InvalidArgument(
+            f"mount {m.container_path}: host-to-container propagation needs {m.host_path} on a "
+            f"shared or slave mount, but {point} is private"
+        )
 
 
 def root_propagation(all_mounts: list[dict]) -> str | None:

@@ -15,7 +15,7 @@ import shutil
 
 from cri.records import CREATED, RUNNING, SANDBOX_NOTREADY, SANDBOX_READY, SandboxRecord
 from cri.runtime import Runtime, Sandbox, alive
-from shim import linux, pins
+from linux import libc, namespaces
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _sweep(rt: Runtime) -> None:
         if name not in rt.containers:
             rootfs = layout.rootfs(name)
             if os.path.ismount(rootfs):
-                linux.umount(rootfs, linux.MNT_DETACH)
+                libc.umount(rootfs, libc.MNT_DETACH)
             shutil.rmtree(layout.bundle(name), ignore_errors=True)
             log.info("removed leftover container state %s", name)
     for name in os.listdir(layout.containers_root):
@@ -61,9 +61,9 @@ def _sweep(rt: Runtime) -> None:
     for name in os.listdir(layout.sandboxes):
         if name not in rt.sandboxes:
             for kind in ("net", "ipc", "uts"):
-                pins.unpin(layout.sandbox_pin(name, kind))
+                namespaces.unpin(layout.sandbox_pin(name, kind))
             shm = layout.sandbox_shm(name)
             if os.path.ismount(shm):
-                linux.umount(shm, linux.MNT_DETACH)
+                libc.umount(shm, libc.MNT_DETACH)
             shutil.rmtree(layout.sandbox_dir(name), ignore_errors=True)
             log.info("removed leftover pod sandbox state %s", name)

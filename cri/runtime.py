@@ -13,8 +13,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from api.runtime.v1 import api_pb2 as pb
 from cni.runtime import Network
@@ -23,7 +23,7 @@ from cri.errors import NotFound
 from cri.events import EventBus
 from cri.layout import Layout
 from cri.records import EXITED, ContainerRecord, RecordStore, SandboxRecord
-from cri.shims import ShimClient, ShimError, ShimGone, Zygote
+from frames.shim_client import ShimClient, ShimError, ShimGone, ZygoteClient
 from image.store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Runtime:
         self.layout = Layout(config.root_dir, config.state_dir)
         self.records = RecordStore(self.layout.records)
         self.images = images
-        self.zygote = Zygote(config.state_dir)
+        self.zygote = ZygoteClient(config.state_dir)
         self.handlers = runtime_handlers(config)  # OCI runtimes by handler name, beside the built-in
         self.network = Network(config.cni.conf_dir, config.cni.bin_dirs, config.state_dir)
         self.events = EventBus()

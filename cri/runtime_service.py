@@ -6,27 +6,31 @@ import json
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
-from cri.container_create import ContainerCreate
-from cri.container_events import ContainerEvents
-from cri.container_exec import ContainerExec
-from cri.container_log import ContainerLog
-from cri.container_metrics import ContainerMetrics
-from cri.container_remove import ContainerRemove
-from cri.container_start import ContainerStart
-from cri.container_stats import ContainerStats
-from cri.container_status import ContainerStatusVerbs
-from cri.container_stop import ContainerStop
-from cri.container_stream import ContainerStream
-from cri.container_update import ContainerUpdate
 from cri.config import BUILTIN_HANDLER
 from cri.errors import handle_errors
 from cri.runtime import Runtime
-from cri.sandbox_remove import SandboxRemove
-from cri.sandbox_run import SandboxRun
-from cri.sandbox_status import SandboxStatusVerbs
-from cri.sandbox_stop import SandboxStop
+from cri.stats import CpuRates
 from cri.streaming.server import StreamingServer
 from cri.unimplemented import answer_unimplemented
+from cri.verbs.container_create import ContainerCreate
+from cri.verbs.container_events import ContainerEvents
+from cri.verbs.container_exec import ContainerExec
+from cri.verbs.container_log import ContainerLog
+from cri.verbs.container_remove import ContainerRemove
+from cri.verbs.container_start import ContainerStart
+from cri.verbs.container_stats import ContainerStats
+from cri.verbs.container_status import ContainerStatusVerbs
+from cri.verbs.container_stop import ContainerStop
+from cri.verbs.container_stream import ContainerStream
+from cri.verbs.container_update import ContainerUpdate
+from cri.verbs.sandbox_metrics import SandboxMetrics
+from cri.verbs.sandbox_port_forward import SandboxPortForward
+from cri.verbs.sandbox_remove import SandboxRemove
+from cri.verbs.sandbox_run import SandboxRun
+from cri.verbs.sandbox_stats import SandboxStats
+from cri.verbs.sandbox_status import SandboxStatusVerbs
+from cri.verbs.sandbox_stop import SandboxStop
+from cri.verbs.sandbox_update import SandboxUpdate
 
 RUNTIME_NAME = "cricket"
 RUNTIME_VERSION = "0.1.0"
@@ -36,15 +40,16 @@ KUBE_API_VERSION = "0.1.0"
 
 @answer_unimplemented
 class RuntimeService(
-    SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs,
+    SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs, SandboxStats, SandboxMetrics,
+    SandboxUpdate, SandboxPortForward,
     ContainerCreate, ContainerStart, ContainerStop, ContainerRemove, ContainerStatusVerbs,
-    ContainerExec, ContainerStream, ContainerEvents, ContainerLog, ContainerStats, ContainerMetrics,
-    ContainerUpdate,
+    ContainerExec, ContainerStream, ContainerEvents, ContainerLog, ContainerStats, ContainerUpdate,
     pb_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, rt: Runtime, streaming: StreamingServer):
         self.rt = rt
         self.streaming = streaming
+        self.rates = CpuRates()  # the last CPU sample of each cgroup, for the stats calls' rates
 
     @handle_errors
     async def Version(self, request, context):

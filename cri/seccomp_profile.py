@@ -8,7 +8,7 @@ container lacks stay out; clone may not make namespaces without CAP_SYS_ADMIN.
 Localhost profiles are JSON files in the OCI shape, or in Docker's, which adds
 per-architecture lists and rules that apply only with some capabilities, on some
 architectures or kernels; those are settled here for the container at hand, so
-the shim only ever sees the plain OCI object (shim/seccomp.py loads it).
+the shim only ever sees the plain OCI object (linux/seccomp.py compiles it).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from shim import seccomp
-from shim.seccomp import SeccompError
+from linux import seccomp
+from linux.seccomp import SeccompError
 
 ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"

@@ -11,8 +11,9 @@ import stat
 
 from api.runtime.v1 import api_pb2 as pb
 from cri import seccomp_profile
-from cri.errors import InvalidArgument
-from shim import caps, cgroups
+from cri.errors import InvalidArgument, RuntimeFailure
+from linux import caps, cgroups
+from linux.cgroups import Cgroup, CgroupError
 
 # Sysctls that belong to a namespace a pod owns, and which namespace (sysctls of the
 # whole host, like kernel.*, may not be set per pod).
@@ -223,8 +224,9 @@ def resources(r: pb.LinuxContainerResources, where: str = "resources") -> dict:
         memory["limit"] = r.memory_limit_in_bytes
     if r.memory_swap_limit_in_bytes:
         if r.memory_swap_limit_in_bytes != -1 and r.memory_swap_limit_in_bytes < r.memory_limit_in_bytes:
-            raise InvalidArgument(f"{where}.memory_swap_limit_in_bytes ({r.memory_swap_limit_in_bytes}) is memory "
-                                  f"plus swap, so it must be at least memory_limit_in_bytes ({r.memory_limit_in_bytes})")
+            raise InvalidArgument(
+                f"{where}.memory_swap_limit_in_bytes ({r.memory_swap_limit_in_bytes}) is memory plus swap, "
+                f"so it must be at least memory_limit_in_bytes ({r.memory_limit_in_bytes})")
         memory["swap"] = r.memory_swap_limit_in_bytes
     if memory:
         out["memory"] = memory
@@ -241,8 +243,10 @@ def resources(r: pb.LinuxContainerResources, where: str = "resources") -> dict:
         if cgroups.mode() == "v1":
             bad = sorted(k for k in r.unified if k not in cgroups.V1_UNIFIED_KEYS)
             if bad:
-                raise InvalidArgument(f"{where}.unified {bad}: this node has cgroup v1, where only "
-                                      f"{', '.join(cgroups.V1_UNIFIED_KEYS)} have a meaning")
+                raise InvalidArgument(
+                    f"{where}.unified {bad}: this node has cgroup v1, where only "
+                    f"{', '.join(cgroups.V1_UNIFIED_KEYS)} have a meaning"
+                )
         for key in r.unified:
             if "/" in key or key.startswith(".") or "." not in key:
                 raise InvalidArgument(f"{where}.unified key {key!r} is not a cgroup file name")
@@ -250,3 +254,14 @@ def resources(r: pb.LinuxContainerResources, where: str = "resources") -> dict:
     if not OOM_SCORE_ADJ_RANGE[0] <= r.oom_score_adj <= OOM_SCORE_ADJ_RANGE[1]:
         raise InvalidArgument(f"{where}.oom_score_adj must be -1000..1000, got {r.oom_score_adj}")
     return out
+
+
+def apply_resources(path: str, resources: dict, what: str) -> None:
+    """Put checked resources (from `resources`) on a live cgroup; one not made yet gets them from the spec."""
+    cg = Cgroup(path)
+    if not cg.exists():
+        return
+    try:
+        cg.apply(resources)
+    except CgroupError as e:
+        raise RuntimeFailure(f"updating the resources of {what}: {e}") from None

@@ -13,13 +13,14 @@ import grpc
 
 from api.admin.v1 import admin_pb2_grpc as apb_grpc
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
-from cri import container_events, memory, tracing
+from cri import memory, tracing
 from cri.admin import Admin
 from cri.config import Config
 from cri.image_service import ImageService
 from cri.recover import recover
 from cri.runtime import Runtime
 from cri.runtime_service import RUNTIME_VERSION, RuntimeService
+from cri.status import describe_event
 from cri.streaming.server import StreamingServer
 from image.pull import Puller
 from image.registry import HostConfig, RegistryClient
@@ -56,7 +57,9 @@ def _lock(socket_path: str) -> int:
 
 def registry_hosts(config: Config) -> dict[str, HostConfig]:
     return {
-        host: HostConfig(mirrors=list(h.mirrors), insecure=h.insecure, ca_file=h.ca_file or None, skip_verify=h.skip_verify)
+        host: HostConfig(
+            mirrors=list(h.mirrors), insecure=h.insecure, ca_file=h.ca_file or None, skip_verify=h.skip_verify
+        )
         for host, h in config.registries.items()
     }
 
@@ -82,12 +85,15 @@ async def serve(config: Config) -> None:
     recover(rt)
     rt.collect_image_garbage()
 
-    rt.events.describe = functools.partial(container_events.describe, rt)
+    rt.events.describe = functools.partial(describe_event, rt)
     streaming = StreamingServer(rt, config.streaming.address, config.streaming.port)
     await streaming.start()
     metrics = None
     if config.metrics.address:
-        from cri.prometheus import Metrics  # only then: the Prometheus client costs memory (see there)
+        from cri.prometheus import (
+            Metrics,  # only then: the Prometheus client costs memory (see there)
+        )
+
         metrics = Metrics(rt, puller)
         metrics.serve(config.metrics.address)
         log.info("Prometheus metrics on http://%s/metrics", config.metrics.address)

@@ -18,8 +18,8 @@ import binascii
 import json
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
 
 CLIENT_ID = "cricket"
 # The token spec's default when a server does not say, and its floor.

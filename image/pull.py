@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ctypes
 import json
 import logging
-import os
 import time
 from collections import Counter
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from opentelemetry import trace
 
 from image.content import ContentError
-from image.manifest import Index, ManifestError, host_platform, parse_manifest, select_platform
+from image.manifest import (
+    Index,
+    ManifestError,
+    host_platform,
+    parse_manifest,
+    select_platform,
+)
 from image.metadata import ImageRecord
 from image.reference import Reference
 from image.registry import Credentials, RegistryClient, Resolved
 from image.snapshots import chain_ids
 from image.store import ImageStore
 from image.unpack import LayerError, unpack_layer
+from linux import libc
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("cricket.image")
@@ -231,7 +236,9 @@ class Puller:
                     f"layer {layer.digest}: uncompressed content hashes to {result.diff_id}, "
                     f"but the image config says {diff_id}"
                 )
-            await _in_thread(_syncfs, new_dir)
+            # On disk before its row is committed: a power loss must not leave a committed
+            # snapshot with missing file data.
+            await _in_thread(libc.syncfs, new_dir)
             snapshots.commit(new_dir, chain_id, parent, diff_id, result.size, result.inodes)
         except BaseException:
             snapshots.discard(new_dir)
@@ -265,17 +272,3 @@ def _load_config(data: bytes, ref: Reference) -> dict:
     return config
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _syncfs(path: str) -> None:
-    """Flush the unpacked layer to disk before its snapshot row is committed, so a power
-    loss cannot leave a committed snapshot with missing file data. One syncfs costs
-    less than an fsync per file."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)

@@ -9,18 +9,17 @@ functions at the top of this module; authentication lives in image/auth.py.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import email.utils
 import hashlib
 import json
 import logging
-import os
 import re
 import ssl
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -33,6 +32,7 @@ from image.auth import (
     parse_token_response,
     repository_scope,
 )
+from image.ingest import IngestFile
 from image.manifest import ACCEPTED_MANIFEST_TYPES, ManifestError, detect_media_type
 from image.reference import Reference
 
@@ -277,7 +277,7 @@ class RegistryClient:
         for c in clients:
             await c.aclose()
 
-    async def __aenter__(self) -> "RegistryClient":
+    async def __aenter__(self) -> RegistryClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -344,7 +344,7 @@ class RegistryClient:
         """
         job = _Job(resolved.reference, creds)
         self._check_digest(job, digest)
-        sink = await _BlobFile.open(dest, size)
+        sink = await IngestFile.open(dest, size)
         try:
             if sink.offset == size:
                 if sink.digest() == digest:
@@ -574,7 +574,7 @@ class RegistryClient:
         ep: _Endpoint,
         digest: str,
         size: int,
-        sink: "_BlobFile",
+        sink: IngestFile,
         progress: Callable[[int], None] | None,
     ) -> None:
         what = f"blob {digest}: "
@@ -680,124 +680,6 @@ class RegistryClient:
         # The digest goes into a URL path and names a file: nothing but sha256 hex.
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise job.error(f"cannot fetch {digest!r}: want a sha256 digest (sha256:<64 lowercase hex>)")
-
-
-class _BlobFile:
-    """A download's destination file and the running hash of the bytes in it.
-
-    Received chunks are gathered into 1 MiB buffers that a worker thread writes
-    and hashes while the event loop receives the next ones (hashlib and file
-    writes let go of the GIL), one buffer in flight at a time so the file is
-    written in order. `offset` counts the bytes received, written or not yet.
-    """
-
-    def __init__(self, path: str, f, hasher, offset: int):
-        self.path = path
-        self._f = f
-        self._hasher = hasher
-        self.offset = offset
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._inflight: concurrent.futures.Future | None = None
-
-    @classmethod
-    async def open(cls, path: str, size: int) -> "_BlobFile":
-        hasher, offset = await asyncio.to_thread(_hash_file, path, size)
-        f = open(path, "ab")
-        sink = cls(path, f, hasher, offset)
-        if offset > size:
-            sink.restart()
-        return sink
-
-    async def write(self, chunk: bytes) -> None:
-        self._pending.append(chunk)
-        self._pending_size += len(chunk)
-        self.offset += len(chunk)
-        if self._pending_size >= _CHUNK:
-            await self._submit()
-
-    async def flush(self) -> None:
-        """Wait until every byte received is in the file and the hash."""
-        await self._submit()
-        if self._inflight is not None:
-            await asyncio.wrap_future(self._inflight)
-            self._inflight = None
-
-    async def _submit(self) -> None:
-        if self._inflight is not None:
-            await asyncio.wrap_future(self._inflight)  # raises the worker's error, if any
-            self._inflight = None
-        if self._pending:
-            buf = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending, self._pending_size = [], 0
-            self._inflight = _WRITERS.submit(self._write_and_hash, buf)
-
-    def _write_and_hash(self, buf: bytes) -> None:
-        self._f.write(buf)
-        self._hasher.update(buf)
-
-    def _settle(self) -> None:
-        # Synchronous on purpose: it runs in cleanup after a cancellation too,
-        # and a worker must never be left writing to a closed or truncated file.
-        if self._inflight is not None:
-            try:
-                self._inflight.result()
-            except OSError:
-                pass
-            self._inflight = None
-
-    def restart(self) -> None:
-        self._settle()
-        self._pending, self._pending_size = [], 0
-        self._f.truncate(0)
-        self._hasher = hashlib.sha256()
-        self.offset = 0
-
-    def digest(self) -> str:
-        assert self._inflight is None and not self._pending, "flush() first"
-        return "sha256:" + self._hasher.hexdigest()
-
-    def close(self) -> None:
-        """Close the file, keeping whatever was received for a later resume."""
-        if self._f.closed:
-            return
-        self._settle()
-        try:
-            for buf in self._pending:
-                self._f.write(buf)
-        except OSError:
-            pass
-        self._pending = []
-        self._f.close()
-
-    def discard(self) -> None:
-        self._pending = []
-        self.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-# Shared by all downloads; each keeps at most one buffer in it at a time.
-_WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-writer")
-
-
-def _hash_file(path: str, size: int):
-    hasher = hashlib.sha256()
-    offset = 0
-    try:
-        with open(path, "rb") as f:
-            # Past `size` the bytes are wrong anyway; _BlobFile.open starts over.
-            while offset <= size:
-                block = f.read(_CHUNK)
-                if not block:
-                    break
-                hasher.update(block)
-                offset += len(block)
-    except FileNotFoundError:
-        pass
-    return hasher, offset
 
 
 async def _read_error_body(resp: httpx.Response) -> bytes:

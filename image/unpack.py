@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
 import errno
 import hashlib
 import logging
@@ -32,7 +31,7 @@ from urllib.parse import unquote
 
 from .compression import LayerError, open_decompressed
 
-__all__ = ["LayerError", "UnsafeLayerError", "UnpackResult", "unpack_layer", "sync_dir_tree"]
+__all__ = ["LayerError", "UnpackResult", "UnsafeLayerError", "unpack_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def unpack_layer(path: str, media_type: str | None, dest: str) -> UnpackResult:
     escape ``dest``, :class:`LayerError` for a corrupt or malformed layer, and
     OSError (with a note naming the entry) when the destination filesystem
     fails. On any error ``dest`` holds partial output for the caller to delete.
-    Nothing is fsynced; see :func:`sync_dir_tree`.
+    Nothing is fsynced: the caller syncs the whole snapshot once (linux.libc.syncfs).
     """
     with open_decompressed(path, media_type) as blob:
         stream = _TarStream(blob)
@@ -88,30 +87,6 @@ def unpack_layer(path: str, media_type: str | None, dest: str) -> UnpackResult:
         # end-of-archive blocks, exactly as the image config recorded it.
         stream.drain()
     return UnpackResult(f"sha256:{stream.hexdigest()}", writer.size, writer.inodes)
-
-
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-except OSError:
-    _libc = None
-
-
-def sync_dir_tree(path: str) -> None:
-    """Flush everything written under ``path`` to disk, once for a whole snapshot.
-
-    Uses syncfs(2) on the filesystem holding ``path``, falling back to sync(2).
-    """
-    syncfs = getattr(_libc, "syncfs", None) if _libc is not None else None
-    if syncfs is None:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def _entries(stream: _TarStream):

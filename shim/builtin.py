@@ -21,10 +21,10 @@ import os
 import resource
 import select
 import termios
-from dataclasses import dataclass
 
-from shim import caps, linux, mounts, seccomp
-from shim.cgroups import Cgroup, v1_mount_sources
+from linux import caps, libc, mounts, seccomp
+from linux.cgroups import Cgroup, v1_mount_sources
+from shim.executor import ExecutorError, Held, StartError, Stdio
 
 REPORT_TIMEOUT = 30.0  # a child that says nothing this long is stuck
 _RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
@@ -33,35 +33,8 @@ _RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.star
 _EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 
 
-class ExecutorError(Exception):
-    """The container or process could not be set up; the message says what failed."""
-
-
-class StartError(ExecutorError):
-    """execve of the container's process failed (no such file, permission denied...)."""
-
-
-@dataclass
-class Stdio:
-    """The descriptors a process gets as its 0, 1 and 2; a tty process gets the terminal for all three."""
-
-    stdin: int | None = None
-    stdout: int | None = None
-    stderr: int | None = None
-    terminal: int | None = None
-
-
-@dataclass
-class Held:
-    """A created container's first process, waiting for its release into execve."""
-
-    pid: int
-    start_w: int
-    report_r: int
-
-
 class BuiltinExecutor:
-    console = None  # a tty container's terminal is the shim's own
+    console: int | None = None  # a tty container's terminal is the shim's own
 
     def __init__(self, bundle: str, spec: dict):
         self.bundle = bundle
@@ -71,7 +44,7 @@ class BuiltinExecutor:
         self._seccomp: seccomp.Filter | None = None
 
     def _compile_seccomp(self) -> None:
-        """Compile the spec's seccomp filter once, here on the host (see shim/seccomp.py): the
+        """Compile the spec's seccomp filter once, here on the host (see linux/seccomp.py): the
         children that load it have left the host's filesystem by then."""
         profile = (self.spec.get("linux") or {}).get("seccomp")
         if profile and self._seccomp is None:
@@ -160,16 +133,16 @@ class BuiltinExecutor:
         flags = 0
         for ns in namespaces:
             kind = ns["type"]
-            if kind not in linux.NAMESPACES:
+            if kind not in libc.NAMESPACES:
                 raise ExecutorError(f"unknown namespace type {kind!r}")
             if kind == "user":
                 raise ExecutorError("user namespaces are not supported by the built-in executor")
             if ns.get("path"):
-                linux.setns(ns["path"], linux.NAMESPACES[kind][0])
+                libc.setns(ns["path"], libc.NAMESPACES[kind][0])
             else:
-                flags |= linux.NAMESPACES[kind][0]
+                flags |= libc.NAMESPACES[kind][0]
         if flags:
-            linux.unshare(flags)
+            libc.unshare(flags)
         pid = os.fork()
         if pid == 0:
             _child(lambda: self._init(stdio, report_w, start_r), report_w)
@@ -187,7 +160,7 @@ class BuiltinExecutor:
         if "mount" in new_ns:
             self._build_rootfs(stdio)
         if "uts" in new_ns and spec.get("hostname"):
-            linux.sethostname(spec["hostname"])
+            libc.sethostname(spec["hostname"])
         for key, value in (lin.get("sysctl") or {}).items():
             with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
                 f.write(value)
@@ -211,11 +184,11 @@ class BuiltinExecutor:
         root = spec.get("root") or {}
         rootfs = os.path.join(self.bundle, root.get("path") or "rootfs")
         propagation = mounts.parse_options([lin.get("rootfsPropagation") or "rslave"])[1]
-        linux.mount(None, "/", None, propagation)
+        libc.mount(None, "/", None, propagation)
         # pivot_root refuses a shared new root or a shared mount under it, which an rshared "/"
         # makes of both: the rootfs mount and its self-bind are made private (/ stays shared).
         mounts.make_private_if_shared(rootfs)
-        linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
+        libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
         mounts.make_private_if_shared(rootfs)
         binds = None
         if self.cgroup is not None:
@@ -242,8 +215,8 @@ class BuiltinExecutor:
             path = f"/proc/{init_pid}/ns/{ns}"
             if os.readlink(path) != os.readlink(f"/proc/self/ns/{ns}"):
                 fds.append((ns, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
-        for ns, fd in fds:
-            linux.setns(f"/proc/self/fd/{fd}")
+        for _, fd in fds:
+            libc.setns(f"/proc/self/fd/{fd}")
             os.close(fd)
         pid = os.fork()
         if pid == 0:
@@ -344,7 +317,7 @@ def _install_stdio(stdio: Stdio, keep: set[int]) -> None:
     null = os.open("/dev/null", os.O_RDWR)
     for target, fd in zip(targets, (0, 1, 2)):
         os.dup2(null if target is None else target, fd)
-    linux.close_range(3, keep)
+    libc.close_range(3, keep)
 
 
 def _set_oom_score_adj(value) -> None:
@@ -382,23 +355,23 @@ def _become_user(proc: dict) -> None:
     capabilities = proc.get("capabilities")
     if capabilities is not None:
         bounding = caps.mask(capabilities.get("bounding"))
-        for cap in range(linux.last_cap() + 1):
+        for cap in range(libc.last_cap() + 1):
             if not bounding & (1 << cap):
-                linux.prctl(linux.PR_CAPBSET_DROP, cap)
-    linux.prctl(linux.PR_SET_KEEPCAPS, 1)
+                libc.prctl(libc.PR_CAPBSET_DROP, cap)
+    libc.prctl(libc.PR_SET_KEEPCAPS, 1)
     os.setgroups([int(g) for g in user.get("additionalGids") or ()])
     os.setgid(int(user.get("gid", 0)))
     os.setuid(int(user.get("uid", 0)))
-    linux.prctl(linux.PR_SET_KEEPCAPS, 0)
+    libc.prctl(libc.PR_SET_KEEPCAPS, 0)
     if capabilities is not None:
-        linux.capset(caps.mask(capabilities.get("effective")), caps.mask(capabilities.get("permitted")),
+        libc.capset(caps.mask(capabilities.get("effective")), caps.mask(capabilities.get("permitted")),
                      caps.mask(capabilities.get("inheritable")))
         for name in capabilities.get("ambient") or ():
-            linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_RAISE, caps.number(name))
+            libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_RAISE, caps.number(name))
     if user.get("umask") is not None:
         os.umask(int(user["umask"]))
     if proc.get("noNewPrivileges"):
-        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 
 
 class _Confinement:

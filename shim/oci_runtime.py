@@ -14,8 +14,8 @@ import socket
 import subprocess
 import tempfile
 
-from shim.builtin import ExecutorError, Held, StartError, Stdio
-from shim.cgroups import Cgroup
+from linux.cgroups import Cgroup
+from shim.executor import ExecutorError, Held, StartError, Stdio
 
 COMMAND_TIMEOUT = 60.0
 

@@ -14,7 +14,6 @@ of its own).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -27,12 +26,15 @@ import time
 import traceback
 
 from api.shim.v1 import shim_pb2 as pb
-from shim import linux
-from shim.builtin import BuiltinExecutor, ExecutorError, Held, StartError, Stdio
-from shim.channel import MAX_FDS
-from shim.cri_log import DEFAULT_LINE_MAX, LogFormatter
-from shim.framing import FrameError, FrameReader, encode
+from frames.channel import MAX_FDS
+from frames.framing import FrameError, FrameReader, encode
+from linux import libc
+from shim.builtin import BuiltinExecutor
+from shim.cri_log import DEFAULT_LINE_MAX
+from shim.diag import diag
+from shim.executor import Executor, ExecutorError, Held, StartError, Stdio
 from shim.oci_runtime import OciRuntimeExecutor
+from shim.stdio import LogWriter, Output, StdinRelay
 
 # After the container exits, output still in flight (or held by a process that
 # escaped into a shared PID namespace) gets this long to drain.
@@ -41,17 +43,7 @@ DRAIN_SECONDS = 2.0
 CREATE_ERROR_LINGER = 60.0
 # How long answers in flight get when the shim is done.
 ANSWER_SECONDS = 1.0
-# Exit status of a container whose process could not be executed (as Docker and containerd report it).
-START_ERROR_EXIT_CODE = 128
 _READ = 64 * 1024
-
-
-def diag(message: str) -> None:
-    """A line in this process's own log: its stderr (the shim log for a shim, cricketd's for the zygote)."""
-    try:
-        os.write(2, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {linux.name()} {os.getpid()}: {message}\n".encode())
-    except OSError:
-        pass
 
 
 def write_exit_file(path: str, record: dict) -> None:
@@ -60,114 +52,6 @@ def write_exit_file(path: str, record: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(record, f)
     os.replace(tmp, path)
-
-
-class _Output:
-    """One stream of the container's output, relayed to the CRI log and to attached clients."""
-
-    def __init__(self, shim: "Shim", fd: int, stream: str, line_max: int):
-        self.shim = shim
-        self.fd = fd
-        self.stream = stream
-        self.formatter = LogFormatter(stream, line_max)
-        self.open = True
-        self.sinks: list[int] = []  # attached clients' descriptors, non-blocking
-
-    def _copy(self, data: bytes) -> None:
-        # An attached client that does not keep up loses its attachment, never the container
-        # its output: the shim does not wait on a client.
-        for sink in list(self.sinks):
-            try:
-                if os.write(sink, data) == len(data):
-                    continue
-            except OSError:
-                pass
-            self.sinks.remove(sink)
-            os.close(sink)
-
-    def on_readable(self) -> None:
-        try:
-            data = os.read(self.fd, _READ)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            if e.errno != errno.EIO:  # EIO: the terminal's other side is closed
-                diag(f"reading container output: {e}")
-            data = b""
-        if data:
-            self.shim.write_log(self.formatter.feed(data))
-            self._copy(data)
-            return
-        self.close()
-
-    def close(self) -> None:
-        if not self.open:
-            return
-        self.open = False
-        for sink in self.sinks:
-            os.close(sink)  # the attached clients see the end of the output
-        self.sinks = []
-        self.shim.sel.unregister(self.fd)
-        self.shim.write_log(self.formatter.finish())
-        os.close(self.fd)
-        self.shim.output_closed()
-
-
-class _StdinRelay:
-    """An attached client's input, copied to the container's stdin. When the container does
-    not read, the client's source is left unread until its stdin has room again."""
-
-    def __init__(self, shim: "Shim", source: int):
-        self.shim = shim
-        self.source = source
-        self.pending = b""
-        os.set_blocking(source, False)
-        shim.sel.register(source, selectors.EVENT_READ, self.on_readable)
-        self.reading = True
-
-    def on_readable(self) -> None:
-        try:
-            data = os.read(self.source, _READ)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close(eof=True)
-            return
-        self.pending = data
-        self.on_writable()
-
-    def on_writable(self) -> None:
-        target = self.shim.stdin_w
-        if target is None:
-            self.close(eof=False)
-            return
-        try:
-            written = os.write(target, self.pending)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self.close(eof=False)
-            return
-        self.pending = self.pending[written:]
-        if self.pending and self.reading:  # wait for room: stop reading the client, watch the stdin
-            self.shim.sel.unregister(self.source)
-            self.reading = False
-            self.shim.watch_stdin(self.on_writable)
-        elif not self.pending and not self.reading:
-            self.shim.watch_stdin(None)
-            self.shim.sel.register(self.source, selectors.EVENT_READ, self.on_readable)
-            self.reading = True
-
-    def close(self, eof: bool) -> None:
-        self.shim.watch_stdin(None)
-        if self.reading:
-            self.shim.sel.unregister(self.source)
-        os.close(self.source)
-        self.shim.stdin_relays.remove(self)
-        if eof and self.shim.args.stdin_once:
-            self.shim.close_stdin()  # the first client's end is the container's end of input
 
 
 class _Conn:
@@ -197,12 +81,12 @@ class Shim:
         self.create_error = ""
         self.start_error = ""
         self.held: Held | None = None
-        self.executor: BuiltinExecutor | None = None
-        self.outputs: list[_Output] = []
+        self.executor: Executor | None = None
+        self.outputs: list[Output] = []
         self.stdin_w: int | None = None
-        self.stdin_relays: list[_StdinRelay] = []
+        self.stdin_relays: list[StdinRelay] = []
         self._stdin_watched = False
-        self.log_fd: int | None = None
+        self.log = LogWriter(args.log_path, args.log_max_size, args.log_max_files)
         self.exec_pids: dict[str, int] = {}
         self.statuses: dict[int, int] = {}  # reaped pid -> exit code
         self.exec_waiters: dict[int, list[_Conn]] = {}  # pid -> connections waiting for it
@@ -228,8 +112,8 @@ class Shim:
 
     def _become_shim(self) -> None:
         os.setsid()  # no terminal, no process group of cricketd's to be signalled with
-        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
-        linux.set_name("cricket-shim")
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        libc.set_name("cricket-shim")
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         null = os.open("/dev/null", os.O_RDWR)
         os.dup2(null, 0)
@@ -258,7 +142,7 @@ class Shim:
             master, slave = os.openpty()
             stdio = Stdio(terminal=slave)
             theirs.append(slave)
-            self.outputs.append(_Output(self, master, "stdout", line_max))
+            self.outputs.append(Output(self, master, "stdout", line_max))
             if args.stdin:
                 self.stdin_w = os.dup(master)
         else:
@@ -270,14 +154,14 @@ class Shim:
                 r, w = os.pipe()
                 setattr(stdio, stream, w)
                 theirs.append(w)
-                self.outputs.append(_Output(self, r, stream, line_max))
-        self._open_log()
+                self.outputs.append(Output(self, r, stream, line_max))
+        self.log.open()
         try:
             self.held = self.executor.create(stdio)
             self.state.pid = self.held.pid
             self.state.status = pb.CREATED
             if self.executor.console is not None:
-                self.outputs.append(_Output(self, self.executor.console, "stdout", line_max))
+                self.outputs.append(Output(self, self.executor.console, "stdout", line_max))
                 if args.stdin:
                     self.stdin_w = os.dup(self.executor.console)
         except ExecutorError as e:
@@ -290,55 +174,6 @@ class Shim:
             os.set_blocking(out.fd, False)
         if self.stdin_w is not None:
             os.set_blocking(self.stdin_w, False)
-
-    def _open_log(self) -> None:
-        if self.args.log_path:
-            self.log_fd = os.open(self.args.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-
-    def write_log(self, data: bytes) -> None:
-        if not data or self.log_fd is None:
-            return
-        if self.args.log_max_size <= 0:
-            self._write_log(data)
-            return
-        # With rotation on, whole CRI lines are grouped so that no file grows past the limit
-        # (a line longer than the limit gets a file of its own) and no line is split.
-        try:
-            size = os.fstat(self.log_fd).st_size
-        except OSError:
-            size = 0
-        batch = b""
-        for line in data.splitlines(keepends=True):
-            if size + len(batch) + len(line) > self.args.log_max_size and size + len(batch) > 0:
-                self._write_log(batch)
-                self._rotate()
-                size, batch = 0, b""
-            batch += line
-        self._write_log(batch)
-
-    def _write_log(self, data: bytes) -> None:
-        if data and self.log_fd is not None:
-            try:
-                os.write(self.log_fd, data)
-            except OSError as e:
-                diag(f"writing the container log: {e}")  # keep draining the container's output
-
-    def _rotate(self) -> None:
-        """A safety net for when no kubelet rotates: <log> becomes <log>.1, <log>.1 becomes
-        <log>.2 ..., and what is beyond max_files goes."""
-        path, keep = self.args.log_path, max(1, self.args.log_max_files)
-        try:
-            for n in range(keep - 1, 0, -1):
-                older = f"{path}.{n - 1}" if n > 1 else path
-                if os.path.exists(older):
-                    os.replace(older, f"{path}.{n}")
-            if keep == 1:
-                os.truncate(path, 0)  # nothing kept: the one file starts over
-        except OSError as e:
-            diag(f"rotating the container log: {e}")
-        os.close(self.log_fd)
-        self.log_fd = None
-        self._open_log()
 
     # -- the loop ---------------------------------------------------------------
 
@@ -438,10 +273,7 @@ class Shim:
         if call == "exec":
             return self._exec(req.exec, conn.fds)
         if call == "reopen_log":
-            if self.log_fd is not None:
-                os.close(self.log_fd)
-                self.log_fd = None
-            self._open_log()
+            self.log.reopen()
             return pb.Response()
         if call == "shutdown":
             return self._shutdown()
@@ -541,7 +373,7 @@ class Shim:
             else:
                 out.sinks.append(fds[name])
         if "stdin" in fds:
-            self.stdin_relays.append(_StdinRelay(self, fds["stdin"]))
+            self.stdin_relays.append(StdinRelay(self, fds["stdin"]))
         return pb.Response()
 
     def _resize(self, req: pb.ResizeRequest) -> pb.Response:
@@ -603,7 +435,7 @@ class Shim:
         self.state.finished_at = time.time_ns()
         self.state.status = pb.EXITED
         if self.start_error:
-            self.state.exit_code = START_ERROR_EXIT_CODE
+            self.state.exit_code = pb.START_ERROR
             self.state.reason = "StartError"
             self.state.message = self.start_error
         else:
@@ -642,9 +474,7 @@ class Shim:
             "reason": self.state.reason,
             "message": self.state.message,
         })
-        if self.log_fd is not None:
-            os.close(self.log_fd)
-            self.log_fd = None
+        self.log.close()
         for conn in self.exit_waiters:
             self._answer(conn, pb.Response(state=self.state))
         self.exit_waiters = []

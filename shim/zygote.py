@@ -22,8 +22,11 @@ import socket
 import sys
 
 from api.shim.v1 import shim_pb2 as pb
-from shim import cgroups, channel, linux, pins
-from shim.server import Shim, diag
+from frames import channel
+from linux import cgroups, libc, namespaces
+from shim import pod_init
+from shim.diag import diag
+from shim.server import Shim
 
 REQUEST_TIMEOUT = 10.0  # a caller that does not finish sending its request this fast is dropped
 
@@ -104,7 +107,9 @@ class Zygote:
                 return pb.ZygoteResponse(pid=self._spawn_shim(req.spawn_shim, conn))
             if call == "pin_namespaces":
                 p = req.pin_namespaces
-                self._run_child(lambda: pins.pin_namespaces(p.net, p.ipc, p.uts, p.hostname, dict(p.sysctls)), conn)
+                self._run_child(
+                    lambda: namespaces.pin_namespaces(p.net, p.ipc, p.uts, p.hostname, dict(p.sysctls)), conn
+                )
                 return pb.ZygoteResponse()
             if call == "spawn_pod_init":
                 return pb.ZygoteResponse(pid=self._spawn_pod_init(conn))
@@ -159,11 +164,11 @@ class Zygote:
             self._in_child(conn)
 
             def body():
-                linux.unshare(linux.CLONE_NEWPID)
+                libc.unshare(libc.CLONE_NEWPID)
                 init = os.fork()
                 if init == 0:
                     os.close(w)
-                    pins.pod_init()
+                    pod_init.run()
                 os.write(w, b"pid %d" % init)
 
             _exit_after(body, w)
@@ -228,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lifeline = int(args["--lifeline"])
     os.setsid()  # a Ctrl-C meant for cricketd must not reach the zygote and its shims
-    linux.set_name("cricket-zygote")
-    linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+    libc.set_name("cricket-zygote")
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.set_blocking(lifeline, False)
     zygote = Zygote(args["--socket"], lifeline)

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
-from cri.sandbox_run import CGROUP_ROOT
-from shim.cgroups import Cgroup
+from cri.sandbox_lifecycle import CGROUP_ROOT
+from linux.cgroups import Cgroup
 from tests.fixtures import images
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.registry import REGISTRY_BINARY, start_registry
@@ -93,11 +93,11 @@ def token_registry(test_images, tmp_path_factory):
     (alice/wonderland only); the pushes themselves go through the token flow.
     """
     require(REGISTRY_BINARY, "skopeo")
-    with _workdir(tmp_path_factory, "token-server") as workdir, TokenServer(workdir, *USER) as tokens:
-        with _registry(tmp_path_factory, "token-registry", token=tokens) as reg:
-            for repo in ("public/busybox", "private/busybox"):
-                images.push(test_images, "busybox", reg, repo=repo)
-            yield reg
+    with _workdir(tmp_path_factory, "token-server") as workdir, TokenServer(workdir, *USER) as tokens, \
+            _registry(tmp_path_factory, "token-registry", token=tokens) as reg:
+        for repo in ("public/busybox", "private/busybox"):
+            images.push(test_images, "busybox", reg, repo=repo)
+        yield reg
 
 
 @pytest.fixture

@@ -56,7 +56,7 @@ class Cricketd:
             "--root", self.root, "--state", self.state, "--log-level", "debug",
         ]
 
-    def start(self) -> "Cricketd":
+    def start(self) -> Cricketd:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -72,7 +72,7 @@ class Cricketd:
                 return self
             except grpc.RpcError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"cricketd did not answer within {START_TIMEOUT}s:\n{self.log()}")
+                    raise RuntimeError(f"cricketd did not answer within {START_TIMEOUT}s:\n{self.log()}") from None
                 time.sleep(0.05)
 
     def log(self) -> str:
@@ -96,7 +96,7 @@ class Cricketd:
         self.proc = None
         return code
 
-    def restart(self, sig: int = signal.SIGKILL) -> "Cricketd":
+    def restart(self, sig: int = signal.SIGKILL) -> Cricketd:
         self.stop(sig)
         return self.start()
 

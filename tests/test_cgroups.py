@@ -1,4 +1,4 @@
-"""shim/cgroups.py on this machine's real cgroups, and its pure parts on text."""
+"""linux/cgroups.py on this machine's real cgroups, and its pure parts on text."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from shim import cgroups
-from shim.cgroups import Cgroup, CgroupError, CgroupNotFound
+from linux import cgroups
+from linux.cgroups import Cgroup, CgroupError, CgroupNotFound
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ def daemon(registry, token_registry, tmp_path_factory):
 
 
 def cricket(daemon, *args, check=True, env=None) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "cri.cli", "--socket", daemon.socket, *args],
+    done = subprocess.run([sys.executable, "-m", "cli.main", "--socket", daemon.socket, *args],
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
                           env={**os.environ, **(env or {})})
     if check:
@@ -57,7 +57,7 @@ def test_pull_images_tag_history_inspect_rmi(daemon, registry, test_images):
 
 def test_pull_progress_on_a_terminal(daemon, registry, test_images):
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "cri.cli", "--socket", daemon.socket, "pull",
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--socket", daemon.socket, "pull",
                              test_images["shared-b"].reference(registry)],
                             stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
     os.close(slave)
@@ -139,7 +139,7 @@ def test_info_and_errors(daemon, tmp_path):
     junk.write_bytes(b"not an archive\n")
     bad = cricket(daemon, "load", "-i", str(junk), check=False)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "not a readable tar" in bad.stderr
-    gone = subprocess.run([sys.executable, "-m", "cri.cli", "--socket", str(tmp_path / "none.sock"), "images"],
+    gone = subprocess.run([sys.executable, "-m", "cli.main", "--socket", str(tmp_path / "none.sock"), "images"],
                           capture_output=True, text=True, timeout=60)
     assert gone.returncode == 1 and gone.stderr.startswith("cricket: error:")
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from shim.cgroups import Cgroup
+from linux.cgroups import Cgroup
 from tests.daemon import registry_config
 from tests.pods import Pods, rpc_error, serving
 
@@ -283,7 +283,8 @@ def test_container_status_verbose_and_list_filters(pods, busybox):
     assert info["sandboxID"] == pod
 
     def listed(**f):
-        return {c.id for c in pods.rt.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(**f))).containers}
+        listing = pods.rt.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(**f)))
+        return {c.id for c in listing.containers}
 
     assert listed(pod_sandbox_id=pod) == {cid, created}
     assert listed(label_selector={"role": "web"}) == {cid}
@@ -296,19 +297,28 @@ def test_container_status_verbose_and_list_filters(pods, busybox):
 
 def test_exec_sync_output_exit_code_and_context(pods, registry, test_images):
     pod = pods.run_pod()
-    cid = pods.run(pod, test_images["user-name"].reference(registry), ["sleep", "1000"],
-                   env={"FROM_CONFIG": "yes"}, working_dir="/tmp")
+    cid = pods.run(
+        pod,
+        test_images["user-name"].reference(registry),
+        ["sleep", "1000"],
+        env={"FROM_CONFIG": "yes"},
+        working_dir="/tmp",
+    )
     out = pods.exec(cid, ["sh", "-c", "echo $FROM_CONFIG; pwd; id -u; echo oops >&2; exit 7"])
     assert (out.stdout, out.stderr, out.exit_code) == (b"yes\n/tmp\n1000\n", b"oops\n", 7)
-    assert pods.sh(cid, "readlink /proc/self/ns/pid") == pods.exec(cid, ["busybox", "readlink", "/proc/1/ns/pid"]).stdout.decode()
+    assert (
+        pods.sh(cid, "readlink /proc/self/ns/pid")
+        == pods.exec(cid, ["busybox", "readlink", "/proc/1/ns/pid"]).stdout.decode()
+    )
 
 
 def test_exec_sync_returns_when_a_background_child_keeps_the_output_open(pods, busybox):
     pod = pods.run_pod()
     cid = pods.run(pod, busybox, ["sleep", "1000"])
     # A hang here ends in DEADLINE_EXCEEDED from the client's own deadline.
-    out = pods.rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "sleep 30 & echo started"],
-                                              timeout=10), timeout=20)
+    out = pods.rt.ExecSync(
+        pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "sleep 30 & echo started"], timeout=10), timeout=20
+    )
     assert (out.exit_code, out.stdout) == (0, b"started\n")
 
 
@@ -335,8 +345,10 @@ def test_exec_of_a_missing_command_and_in_a_stopped_container(pods, busybox):
 
 
 def test_container_in_an_unknown_pod_is_not_found(pods, busybox):
-    err = rpc_error(pods.rt.CreateContainer, pb.CreateContainerRequest(
-        pod_sandbox_id="0" * 64, config=pods.container_config(busybox, ["true"])))
+    err = rpc_error(
+        pods.rt.CreateContainer,
+        pb.CreateContainerRequest(pod_sandbox_id="0" * 64, config=pods.container_config(busybox, ["true"])),
+    )
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -443,11 +455,13 @@ def test_container_and_pod_stats_come_from_the_cgroups(pods, busybox):
     assert pod_stats.linux.cpu.usage_core_nano_seconds.value >= second.cpu.usage_core_nano_seconds.value
     assert pod_stats.linux.process.process_count.value >= 2
 
-    listed = pods.rt.ListContainerStats(pb.ListContainerStatsRequest(
-        filter=pb.ContainerStatsFilter(pod_sandbox_id=pod))).stats
+    listed = pods.rt.ListContainerStats(
+        pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(pod_sandbox_id=pod))
+    ).stats
     assert {s.attributes.id for s in listed} == {cid, idle}
-    pods_listed = pods.rt.ListPodSandboxStats(pb.ListPodSandboxStatsRequest(
-        filter=pb.PodSandboxStatsFilter(id=pod))).stats
+    pods_listed = pods.rt.ListPodSandboxStats(
+        pb.ListPodSandboxStatsRequest(filter=pb.PodSandboxStatsFilter(id=pod))
+    ).stats
     assert [s.attributes.id for s in pods_listed] == [pod]
     pods.stop(cid)
     err = rpc_error(pods.rt.ContainerStats, pb.ContainerStatsRequest(container_id=cid))
@@ -456,7 +470,9 @@ def test_container_and_pod_stats_come_from_the_cgroups(pods, busybox):
 
 def test_reopen_container_log(pods, busybox):
     pod = pods.run_pod()
-    cid = pods.run(pod, busybox, ["sh", "-c", "echo before; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo after; sleep 1000"])
+    cid = pods.run(
+        pod, busybox, ["sh", "-c", "echo before; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo after; sleep 1000"]
+    )
     time.sleep(0.3)
     path = pods.status(cid).status.log_path
     os.rename(path, path + ".1")
@@ -472,8 +488,12 @@ def test_a_set_up_failure_fails_start_naming_the_mount(pods, busybox, tmp_path):
     plain.write_text("not a directory\n")
     pod = pods.run_pod()
     # A file bound over a directory of the image cannot be mounted.
-    cid = pods.create(pod, pods.container_config(busybox, ["sleep", "1000"],
-                                                 mounts=[pb.Mount(container_path="/bin", host_path=str(plain))]))
+    cid = pods.create(
+        pod,
+        pods.container_config(
+            busybox, ["sleep", "1000"], mounts=[pb.Mount(container_path="/bin", host_path=str(plain))]
+        ),
+    )
     err = rpc_error(pods.start, cid)
     assert "/bin" in err.details()
     status = pods.status(cid).status
@@ -491,13 +511,20 @@ def test_bidirectional_mount_propagates_both_ways(pods, busybox, tmp_path):
         config.linux.security_context.privileged = True
         pod = pods.run_pod(config)
         ctx = pb.LinuxContainerSecurityContext(privileged=True)
-        cid = pods.run(pod, busybox, ["sleep", "1000"], security=ctx, mounts=[
-            pb.Mount(container_path="/shared", host_path=str(src), propagation=pb.PROPAGATION_BIDIRECTIONAL)])
+        cid = pods.run(
+            pod,
+            busybox,
+            ["sleep", "1000"],
+            security=ctx,
+            mounts=[pb.Mount(container_path="/shared", host_path=str(src), propagation=pb.PROPAGATION_BIDIRECTIONAL)],
+        )
         (src / "from-host").mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "host-made", str(src / "from-host")], check=True)
         (src / "from-host" / "seen").write_text("yes\n")
         assert pods.sh(cid, "cat /shared/from-host/seen") == "yes\n"
-        pods.sh(cid, "mkdir /shared/from-ctr && mount -t tmpfs ctr-made /shared/from-ctr && echo hi > /shared/from-ctr/x")
+        pods.sh(
+            cid, "mkdir /shared/from-ctr && mount -t tmpfs ctr-made /shared/from-ctr && echo hi > /shared/from-ctr/x"
+        )
         assert (src / "from-ctr" / "x").read_text() == "hi\n"
         pods.remove_pod(pod)
     finally:

@@ -79,7 +79,7 @@ def test_blobs_are_served_as_built(registry, test_images):
         for digest, media_type in zip(info.layers, info.layer_media_types):
             status, _, body = get(f"{registry.url}/v2/{name}/blobs/{digest}")
             assert status == 200 and sha256(body) == digest
-        assert media_type.endswith({"zstd": "+zstd", "plain": ".tar", "busybox-docker": ".tar.gzip"}[name])
+            assert media_type.endswith({"zstd": "+zstd", "plain": ".tar", "busybox-docker": ".tar.gzip"}[name])
 
 
 def test_multiarch_has_three_platforms(registry, test_images):

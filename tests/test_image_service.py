@@ -404,7 +404,8 @@ def socket_closed():
 ])
 def test_registry_refusals_carry_their_words(daemon, registry, proxies, status, code):
     words = {"errors": [{"code": "DENIED", "message": f"cricket test says no ({status})"}]}
-    proxy = proxies(registry.url, hook=lambda req, fwd: Reply(status, [("Retry-After", "3600")], json.dumps(words).encode()))
+    refusal = json.dumps(words).encode()
+    proxy = proxies(registry.url, hook=lambda req, fwd: Reply(status, [("Retry-After", "3600")], refusal))
     d = daemon(f'[registries."{proxy.host}"]\ninsecure = true\n')
     err = rpc_error(d.pull, f"{proxy.host}/busybox")
     assert err.code() == code
@@ -462,7 +463,13 @@ def test_truncated_blob_is_retried_and_resumed(daemon, registry, proxies, test_i
     d = daemon(f'[registries."{proxy.host}"]\ninsecure = true\n')
     assert d.pull(f"{proxy.host}/busybox") == info.config_digest
     layer_requests = [r for r in proxy.blob_requests() if r.path.endswith(info.layers[0])]
-    assert len(layer_requests) == 2 and layer_requests[1].header("Range", ) is not None
+    assert (
+        len(layer_requests) == 2
+        and layer_requests[1].header(
+            "Range",
+        )
+        is not None
+    )
 
 
 # -- crash safety ---------------------------------------------------------------------------
@@ -498,7 +505,7 @@ def test_sigkill_during_pulls_leaves_old_or_new_state(daemon, registry, proxies,
             time.sleep(rng.uniform(0.0, 0.3))
         else:
             busy = _unpacking if moment == "unpacking" else _downloading
-            assert _wait_for(lambda: busy(d)), f"never saw the daemon {moment}"
+            assert _wait_for(lambda busy=busy: busy(d)), f"never saw the daemon {moment}"
         d.restart(signal.SIGKILL)
         puller.join(30)
         check_store_is_consistent(d)

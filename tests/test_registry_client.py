@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from tests.fixtures.proxy import Proxy, Reply
 from image.manifest import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -43,6 +42,7 @@ from image.registry import (
     RegistryError,
     Resolved,
 )
+from tests.fixtures.proxy import Proxy, Reply
 
 ALICE = Credentials("alice", "wonderland")
 ALICE_PAIR = ("alice", "wonderland")
@@ -205,7 +205,8 @@ def test_unknown_tag_carries_the_registry_words(registry):
         resolve(registry, "nope")
     assert e.value.status == 404
     assert e.value.reference == f"{registry.host}/nope:latest"
-    assert str(e.value).startswith(f"pull {registry.host}/nope:latest: 404 Not Found: MANIFEST_UNKNOWN manifest unknown")
+    assert str(e.value).startswith(
+        f"pull {registry.host}/nope:latest: 404 Not Found: MANIFEST_UNKNOWN manifest unknown")
 
 
 def test_unknown_digest(registry):
@@ -375,7 +376,7 @@ def test_retries_give_up_and_keep_the_partial_file(registry, proxies, tmp_path):
 
 
 def test_5xx_and_429_are_retried_honouring_retry_after(registry, proxies, tmp_path):
-    resolved, digest, size = busybox_layer(registry)
+    _, digest, size = busybox_layer(registry)
     failed = []
 
     def busy(req, forward):
@@ -597,7 +598,8 @@ def test_token_identity_token(token_registry, tmp_path):
 
 def test_registry_token_is_used_as_it_is(token_registry, tmp_path):
     status, body = token_registry.token_server.answer(
-        "GET", {"service": [token_registry.token_server.service], "scope": ["repository:private/busybox:pull"]},
+        "GET",
+        {"service": [token_registry.token_server.service], "scope": ["repository:private/busybox:pull"]},
         ALICE_PAIR,
     )
     assert status == 200
@@ -655,7 +657,12 @@ def test_blobs_come_from_the_endpoint_that_resolved(registry, proxies, tmp_path)
 
 
 def test_mirror_without_the_image_falls_through_to_upstream(registry, proxies):
-    empty = proxies(registry.url, hook=lambda req, fwd: Reply(404, [], b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}'))
+    empty = proxies(
+        registry.url,
+        hook=lambda req, fwd: Reply(
+            404, [], b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}'
+        ),
+    )
     hosts = {registry.host: HostConfig(mirrors=[empty.url], insecure=True)}
     r = run(hosts, lambda c: c.resolve(ref_to(registry, "busybox")))
     assert r.endpoint == registry.url

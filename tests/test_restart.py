@@ -12,7 +12,7 @@ import time
 import pytest
 
 from api.runtime.v1 import api_pb2 as pb
-from shim.cgroups import Cgroup
+from linux.cgroups import Cgroup
 from tests.daemon import Cricketd, registry_config
 from tests.pods import Pods, serving
 

@@ -70,21 +70,33 @@ def test_default_capabilities_and_adds_and_drops(pods, busybox, handler):
     pod = run_pod(pods, handler)
     plain = pods.run(pod, busybox, ["sleep", "1000"])
     assert status_lines(pods, plain, "CapEff")["CapEff"] == DEFAULT_CAP_EFF
-    added = pods.run(pod, busybox, ["sleep", "1000"],
-                     security=ctx(capabilities=pb.Capability(add_capabilities=["NET_ADMIN"], drop_capabilities=["CHOWN"])))
+    added = pods.run(
+        pod,
+        busybox,
+        ["sleep", "1000"],
+        security=ctx(capabilities=pb.Capability(add_capabilities=["NET_ADMIN"], drop_capabilities=["CHOWN"])),
+    )
     eff = int(status_lines(pods, added, "CapEff")["CapEff"], 16)
     assert eff & (1 << CAP_NET_ADMIN) and not eff & 1
     assert pods.exec(added, ["busybox", "chown", "1:1", "/tmp"]).exit_code != 0
-    none = pods.run(pod, busybox, ["sleep", "1000"], security=ctx(capabilities=pb.Capability(drop_capabilities=["ALL"])))
+    none = pods.run(
+        pod, busybox, ["sleep", "1000"], security=ctx(capabilities=pb.Capability(drop_capabilities=["ALL"]))
+    )
     lines = status_lines(pods, none, "CapEff", "CapBnd", "CapPrm")
     assert lines == {"CapEff": "0" * 16, "CapBnd": "0" * 16, "CapPrm": "0" * 16}
 
 
 def test_ambient_capabilities_reach_a_non_root_user(pods, busybox):
     pod = run_pod(pods)
-    cid = pods.run(pod, busybox, ["sleep", "1000"], security=ctx(
-        run_as_user=pb.Int64Value(value=1000),
-        capabilities=pb.Capability(add_ambient_capabilities=["NET_BIND_SERVICE"])))
+    cid = pods.run(
+        pod,
+        busybox,
+        ["sleep", "1000"],
+        security=ctx(
+            run_as_user=pb.Int64Value(value=1000),
+            capabilities=pb.Capability(add_ambient_capabilities=["NET_BIND_SERVICE"]),
+        ),
+    )
     lines = status_lines(pods, cid, "CapAmb", "CapEff")
     assert int(lines["CapAmb"], 16) == 1 << 10 and int(lines["CapEff"], 16) & (1 << 10)
 
@@ -92,8 +104,12 @@ def test_ambient_capabilities_reach_a_non_root_user(pods, busybox):
 @pytest.mark.parametrize("handler", HANDLERS)
 def test_seccomp_runtime_default_and_no_new_privs(pods, busybox, handler):
     pod = run_pod(pods, handler)
-    confined = pods.run(pod, busybox, ["sleep", "1000"], security=ctx(
-        no_new_privs=True, seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)))
+    confined = pods.run(
+        pod,
+        busybox,
+        ["sleep", "1000"],
+        security=ctx(no_new_privs=True, seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)),
+    )
     assert status_lines(pods, confined, "Seccomp", "NoNewPrivs") == {"Seccomp": "2", "NoNewPrivs": "1"}
     # unshare(2) needs CAP_SYS_ADMIN under the default profile.
     assert pods.exec(confined, ["busybox", "unshare", "-U", "true"]).exit_code != 0
@@ -103,11 +119,21 @@ def test_seccomp_runtime_default_and_no_new_privs(pods, busybox, handler):
 
 def test_seccomp_localhost_profile(pods, busybox, tmp_path):
     profile = tmp_path / "no-mkdir.json"
-    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
-        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+    profile.write_text(
+        json.dumps(
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+            }
+        )
+    )
     pod = run_pod(pods)
-    cid = pods.run(pod, busybox, ["sleep", "1000"], security=ctx(seccomp=pb.SecurityProfile(
-        profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(profile))))
+    cid = pods.run(
+        pod,
+        busybox,
+        ["sleep", "1000"],
+        security=ctx(seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(profile))),
+    )
     out = pods.exec(cid, ["busybox", "mkdir", "/tmp/x"])
     assert out.exit_code != 0 and b"Operation not permitted" in out.stderr
 
@@ -143,8 +169,9 @@ def test_supplemental_groups_policy_strict(pods, registry, test_images):
     pod = run_pod(pods)
     image = test_images["user-name"].reference(registry)
     merged = pods.run(pod, image, ["sleep", "1000"], security=ctx(supplemental_groups=[4242]))
-    strict = pods.run(pod, image, ["sleep", "1000"], security=ctx(supplemental_groups=[4242],
-                                                                   supplemental_groups_policy=pb.Strict))
+    strict = pods.run(
+        pod, image, ["sleep", "1000"], security=ctx(supplemental_groups=[4242], supplemental_groups_policy=pb.Strict)
+    )
     # The image's /etc/group puts cricket in staff (50): Merge adds it, Strict does not.
     assert sorted(pods.sh(merged, "id -G").split()) == ["1000", "4242", "50"]
     assert sorted(pods.sh(strict, "id -G").split()) == ["1000", "4242"]
@@ -177,8 +204,9 @@ def test_pod_sysctls_land_in_the_pods_namespaces_only(pods, busybox):
     assert open("/proc/sys/kernel/shmmni").read().strip() != "1234"
 
 
-@pytest.mark.parametrize("sysctl,network", [("vm.swappiness", pb.POD), ("net.ipv4.ip_forward", pb.NODE),
-                                            ("net.ipv4.no_such_thing", pb.POD)])
+@pytest.mark.parametrize(
+    "sysctl,network", [("vm.swappiness", pb.POD), ("net.ipv4.ip_forward", pb.NODE), ("net.ipv4.no_such_thing", pb.POD)]
+)
 def test_refused_sysctls_name_the_key(pods, sysctl, network):
     config = pods.pod_config(network=network)
     config.linux.sysctls[sysctl] = "1"
@@ -198,8 +226,9 @@ def limited(**kw) -> pb.LinuxContainerConfig:
 def test_cpu_and_memory_limits_are_visible_in_the_cgroup(pods, busybox, handler):
     pod = run_pod(pods, handler)
     config = pods.container_config(busybox, ["sleep", "1000"])
-    config.linux.resources.CopyFrom(pb.LinuxContainerResources(
-        cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory_limit_in_bytes=64 << 20))
+    config.linux.resources.CopyFrom(
+        pb.LinuxContainerResources(cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory_limit_in_bytes=64 << 20)
+    )
     cid = pods.create(pod, config)
     pods.start(cid)
     assert pods.sh(cid, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip() == "50000"
@@ -210,15 +239,21 @@ def test_cpu_and_memory_limits_are_visible_in_the_cgroup(pods, busybox, handler)
 def test_update_resources_of_a_running_container(pods, busybox):
     pod = run_pod(pods)
     cid = pods.run(pod, busybox, ["sleep", "1000"])
-    pods.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
-        container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_quota=20000,
-                                                           cpu_period=100000)))
+    pods.rt.UpdateContainerResources(
+        pb.UpdateContainerResourcesRequest(
+            container_id=cid,
+            linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_quota=20000, cpu_period=100000),
+        )
+    )
     assert pods.sh(cid, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes").strip() == str(96 << 20)
     assert pods.sh(cid, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip() == "20000"
     status = pods.status(cid).status
     assert status.resources.linux.memory_limit_in_bytes == 96 << 20
-    pods.rt.UpdatePodSandboxResources(pb.UpdatePodSandboxResourcesRequest(
-        pod_sandbox_id=pod, resources=pb.LinuxContainerResources(memory_limit_in_bytes=512 << 20)))
+    pods.rt.UpdatePodSandboxResources(
+        pb.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod, resources=pb.LinuxContainerResources(memory_limit_in_bytes=512 << 20)
+        )
+    )
     assert open(f"/sys/fs/cgroup/memory/cricket/{pod}/memory.limit_in_bytes").read().strip() == str(512 << 20)
 
 
@@ -260,20 +295,31 @@ def test_negative_oom_score_adj_is_clamped_not_refused(pods, busybox):
 # -- bad input --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change,field", [
-    (lambda c: c.linux.security_context.capabilities.add_capabilities.append("FLY"), "FLY"),
-    (lambda c: setattr(c.linux.resources, "cpu_shares", -5), "cpu_shares"),
-    (lambda c: setattr(c.linux.resources, "cpu_period", 10), "cpu_period"),
-    (lambda c: setattr(c.linux.resources, "cpuset_cpus", "0-999"), "cpuset_cpus"),
-    (lambda c: setattr(c.linux.resources, "memory_limit_in_bytes", -1), "memory_limit_in_bytes"),
-    (lambda c: setattr(c.linux.resources, "oom_score_adj", 5000), "oom_score_adj"),
-    (lambda c: c.linux.resources.unified.update({"memory.high": "1"}), "unified"),
-    (lambda c: c.linux.security_context.seccomp.CopyFrom(pb.SecurityProfile(
-        profile_type=pb.SecurityProfile.Localhost, localhost_ref="/no/such/profile.json")), "/no/such/profile.json"),
-    (lambda c: c.linux.security_context.apparmor.CopyFrom(pb.SecurityProfile(
-        profile_type=pb.SecurityProfile.RuntimeDefault)), "AppArmor"),
-    (lambda c: setattr(c.linux.security_context, "privileged", True), "privileged"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda c: c.linux.security_context.capabilities.add_capabilities.append("FLY"), "FLY"),
+        (lambda c: setattr(c.linux.resources, "cpu_shares", -5), "cpu_shares"),
+        (lambda c: setattr(c.linux.resources, "cpu_period", 10), "cpu_period"),
+        (lambda c: setattr(c.linux.resources, "cpuset_cpus", "0-999"), "cpuset_cpus"),
+        (lambda c: setattr(c.linux.resources, "memory_limit_in_bytes", -1), "memory_limit_in_bytes"),
+        (lambda c: setattr(c.linux.resources, "oom_score_adj", 5000), "oom_score_adj"),
+        (lambda c: c.linux.resources.unified.update({"memory.high": "1"}), "unified"),
+        (
+            lambda c: c.linux.security_context.seccomp.CopyFrom(
+                pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref="/no/such/profile.json")
+            ),
+            "/no/such/profile.json",
+        ),
+        (
+            lambda c: c.linux.security_context.apparmor.CopyFrom(
+                pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)
+            ),
+            "AppArmor",
+        ),
+        (lambda c: setattr(c.linux.security_context, "privileged", True), "privileged"),
+    ],
+)
 def test_bad_security_and_resources_are_refused_naming_the_field(pods, busybox, change, field):
     pod = run_pod(pods)
     config = pods.container_config(busybox, ["sleep", "1000"])
@@ -288,8 +334,11 @@ def test_seccomp_profile_that_does_not_parse(pods, busybox, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     pod = run_pod(pods)
-    config = pods.container_config(busybox, ["true"], security=ctx(seccomp=pb.SecurityProfile(
-        profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(bad))))
+    config = pods.container_config(
+        busybox,
+        ["true"],
+        security=ctx(seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(bad))),
+    )
     err = rpc_error(pods.create, pod, config)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and str(bad) in err.details()
 
@@ -317,14 +366,22 @@ _PROBE = (
 
 _CONFIGS = {
     "default": {},
-    "user-and-groups": {"security": ctx(run_as_user=pb.Int64Value(value=1000), run_as_group=pb.Int64Value(value=100),
-                                        supplemental_groups=[7, 8])},
-    "caps-seccomp-nnp": {"security": ctx(
-        capabilities=pb.Capability(add_capabilities=["SYS_PTRACE"], drop_capabilities=["NET_RAW", "MKNOD"]),
-        no_new_privs=True, seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))},
-    "readonly-limits": {"security": ctx(readonly_rootfs=True),
-                        "resources": pb.LinuxContainerResources(memory_limit_in_bytes=48 << 20, cpu_quota=30000,
-                                                                cpu_period=100000)},
+    "user-and-groups": {
+        "security": ctx(
+            run_as_user=pb.Int64Value(value=1000), run_as_group=pb.Int64Value(value=100), supplemental_groups=[7, 8]
+        )
+    },
+    "caps-seccomp-nnp": {
+        "security": ctx(
+            capabilities=pb.Capability(add_capabilities=["SYS_PTRACE"], drop_capabilities=["NET_RAW", "MKNOD"]),
+            no_new_privs=True,
+            seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault),
+        )
+    },
+    "readonly-limits": {
+        "security": ctx(readonly_rootfs=True),
+        "resources": pb.LinuxContainerResources(memory_limit_in_bytes=48 << 20, cpu_quota=30000, cpu_period=100000),
+    },
 }
 
 
@@ -333,8 +390,12 @@ def _observe(pods: Pods, handler: str, busybox: str, tmp_path, name: str) -> lis
     pod = run_pod(pods, handler, hostname="same-for-all")
     mount_dir = tmp_path / f"m-{handler or 'builtin'}"
     mount_dir.mkdir(exist_ok=True)
-    config = pods.container_config(busybox, ["sleep", "1000"], security=settings.get("security"),
-                                   mounts=[pb.Mount(container_path="/data", host_path=str(mount_dir), readonly=True)])
+    config = pods.container_config(
+        busybox,
+        ["sleep", "1000"],
+        security=settings.get("security"),
+        mounts=[pb.Mount(container_path="/data", host_path=str(mount_dir), readonly=True)],
+    )
     if "resources" in settings:
         config.linux.resources.CopyFrom(settings["resources"])
     cid = pods.create(pod, config)

@@ -17,9 +17,9 @@ import secrets
 
 from cni import invoke
 from cni.invoke import Env
-from cni.netns import run_in
 from cni.plugins import iptables
 from cni.spec import INVALID_CONFIG, IO_FAILURE, CniError, result_from_any
+from linux.namespaces import run_in
 
 DEFAULT_BRIDGE = "cni0"
 MASQ_CHAIN_PREFIX = "CNI-"

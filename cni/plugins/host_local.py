@@ -142,7 +142,7 @@ def add(conf: dict, env: Env) -> dict:
     ips = []
     with store.locked():
         owner = _owner(env)
-        held = {a for a in store.held_by(owner)}
+        held = set(store.held_by(owner))
         for index, ranges in enumerate(sets):
             found = None
             for r in ranges:

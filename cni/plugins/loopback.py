@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from cni.invoke import Env
-from cni.netns import run_in
 from cni.spec import IO_FAILURE, CniError, result_from_any
+from linux.namespaces import run_in
 
 
 def _set(netns: str, state: str) -> None:

@@ -11,8 +11,14 @@ import sys
 
 from cni import invoke
 from cni.spec import (
-    DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_ENVIRONMENT, IO_FAILURE, SUPPORTED_VERSIONS,
-    CniError, parse_cni_args, result_for_version,
+    DECODE_FAILURE,
+    INCOMPATIBLE_VERSION,
+    INVALID_ENVIRONMENT,
+    IO_FAILURE,
+    SUPPORTED_VERSIONS,
+    CniError,
+    parse_cni_args,
+    result_for_version,
 )
 
 

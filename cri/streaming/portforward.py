@@ -14,9 +14,9 @@ import logging
 import socket
 import struct
 
-from cni.netns import run_in
 from cri.streaming.spdy_session import SpdySession, SpdyStream
 from cri.streaming.websocket import ChannelSocket
+from linux.namespaces import run_in
 
 log = logging.getLogger(__name__)
 CONNECT_SECONDS = 10.0

@@ -28,7 +28,7 @@ from api.runtime.v1 import api_pb2 as pb
 from cri.errors import NotFound
 from cri.records import RUNNING
 from cri.runtime import Container, Runtime
-from cri.shims import ShimError
+from frames.shim_client import ShimError
 
 log = logging.getLogger(__name__)
 

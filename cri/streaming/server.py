@@ -13,13 +13,13 @@ import logging
 import h11
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.errors import NotFound
+from cri.errors import NotFound, RuntimeFailure
 from cri.runtime import Runtime
 from cri.streaming import portforward, remotecommand
 from cri.streaming.channels import spdy_channels, websocket_channels
 from cri.streaming.remotecommand import Options
 from cri.streaming.spdy_session import SpdySession
-from cri.streaming.tokens import RequestCache
+from cri.streaming.tokens import RequestCache, TokenError
 from cri.streaming.websocket import ChannelSocket
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,13 @@ class StreamingServer:
         return f"http://{host}:{self.port}"
 
     def url_for(self, request) -> str:
-        """A one-time URL for an Exec, Attach or PortForward request (TokenError when too many wait)."""
+        """A one-time URL for an Exec, Attach or PortForward request."""
         kind = next(k for k, cls in KINDS.items() if isinstance(request, cls))
-        return f"{self.base_url}/{kind}/{self.cache.insert(request)}"
+        try:
+            token = self.cache.insert(request)
+        except TokenError as e:
+            raise RuntimeFailure(str(e)) from None  # too many wait: the caller may try again
+        return f"{self.base_url}/{kind}/{token}"
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -85,11 +89,11 @@ class StreamingServer:
             await self._dispatch(http, request, reader, writer)
         except HttpRefusal as e:
             await _refuse(http, writer, e.status, e.message)
-        except (asyncio.TimeoutError, h11.RemoteProtocolError) as e:
+        except (TimeoutError, h11.RemoteProtocolError) as e:
             await _refuse(http, writer, 400, f"bad request: {e or 'too slow'}")
         except (ConnectionError, OSError):
             pass
-        except Exception:  # noqa: BLE001 - one connection's failure must not end the server
+        except Exception:
             log.exception("streaming: a connection failed")
         finally:
             writer.close()

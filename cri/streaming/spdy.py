@@ -383,7 +383,7 @@ class HeaderDecompressor:
         try:
             raw = self._zlib.decompress(block, self._max_block + 1)
         except zlib.error as exc:
-            raise ProtocolError(f"header block is not valid zlib with the SPDY dictionary: {exc}")
+            raise ProtocolError(f"header block is not valid zlib with the SPDY dictionary: {exc}") from None
         if len(raw) > self._max_block or self._zlib.unconsumed_tail:
             raise ProtocolError(f"header block inflates beyond {self._max_block} bytes")
         if self._zlib.unused_data:

@@ -19,7 +19,7 @@ _READ = 64 * 1024
 class SpdyStream:
     """One stream the client opened: its headers, its data as it comes, and a way back."""
 
-    def __init__(self, session: "SpdySession", stream_id: int, headers: dict[str, str]):
+    def __init__(self, session: SpdySession, stream_id: int, headers: dict[str, str]):
         self.session = session
         self.id = stream_id
         self.headers = headers
@@ -146,7 +146,7 @@ class SpdySession:
         """The next stream the client opens; None if the session ends or none comes in time."""
         try:
             return await asyncio.wait_for(self.opened.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     async def close(self) -> None:
@@ -161,5 +161,5 @@ class SpdySession:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()

@@ -12,7 +12,13 @@ import asyncio
 
 import h11
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    TextMessage,
+)
 
 CLOSE_CHANNEL = 255
 _READ = 64 * 1024
@@ -104,7 +110,7 @@ class ChannelSocket:
             try:
                 self.writer.write(self.ws.send(event.response()))
                 await self.writer.drain()
-            except Exception:  # noqa: BLE001 - the peer is leaving; nothing to tell it
+            except Exception:
                 pass
             return False
         return True
@@ -114,11 +120,11 @@ class ChannelSocket:
             try:
                 self.writer.write(self.ws.send(CloseConnection(code=1000)))
                 await self.writer.drain()
-            except Exception:  # noqa: BLE001 - a connection already gone needs no close frame
+            except Exception:
                 pass
         self.writer.close()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()

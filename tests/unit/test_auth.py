@@ -45,7 +45,9 @@ def test_docker_hub_challenge():
 
 
 def test_quoted_commas_spaces_and_escapes():
-    (c,) = parse_challenges(r'Bearer realm="https://a/t?x=1,2", scope="repository:a:pull repository:b:pull", error="say \"hi\""')
+    (c,) = parse_challenges(
+        r'Bearer realm="https://a/t?x=1,2", scope="repository:a:pull repository:b:pull", error="say \"hi\""'
+    )
     assert c.params == {
         "realm": "https://a/t?x=1,2",
         "scope": "repository:a:pull repository:b:pull",
@@ -114,7 +116,9 @@ def test_scope():
     assert repository_scope("a/b", ("pull", "push")) == "repository:a/b:pull,push"
 
 
-BEARER = Challenge("bearer", {"realm": "https://auth.example/token?x=1", "service": "reg", "scope": "repository:p:pull"})
+BEARER = Challenge(
+    "bearer", {"realm": "https://auth.example/token?x=1", "service": "reg", "scope": "repository:p:pull"}
+)
 
 
 def query(url):

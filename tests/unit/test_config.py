@@ -64,10 +64,14 @@ def test_bad_config_names_the_key(tmp_path, text, words):
 
 def test_runtimes_table_configures_handlers(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('state_dir = "/run/x"\n[runtimes.fast]\npath = "/opt/fast"\n[runtimes.other]\npath = "/opt/o"\nroot = "/r"\n')
+    f.write_text(
+        'state_dir = "/run/x"\n[runtimes.fast]\npath = "/opt/fast"\n[runtimes.other]\npath = "/opt/o"\nroot = "/r"\n'
+    )
     handlers = configuration.runtime_handlers(load(str(f)))
     assert {n: (h.path, h.root) for n, h in handlers.items()} == {
-        "fast": ("/opt/fast", "/run/x/runtimes/fast"), "other": ("/opt/o", "/r")}
+        "fast": ("/opt/fast", "/run/x/runtimes/fast"),
+        "other": ("/opt/o", "/r"),
+    }
 
 
 def test_an_empty_runtimes_table_offers_only_the_builtin(tmp_path):
@@ -76,11 +80,14 @@ def test_an_empty_runtimes_table_offers_only_the_builtin(tmp_path):
     assert configuration.runtime_handlers(load(str(f))) == {}
 
 
-@pytest.mark.parametrize("text,words", [
-    ('[runtimes.x]\nroot = "/r"\n', "runtimes.x.path"),
-    ('[runtimes.cricket]\npath = "/bin/true"\n', "built-in"),
-    ('[runtimes.x]\npath = "/bin/true"\nflavour = "mint"\n', "flavour"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ('[runtimes.x]\nroot = "/r"\n', "runtimes.x.path"),
+        ('[runtimes.cricket]\npath = "/bin/true"\n', "built-in"),
+        ('[runtimes.x]\npath = "/bin/true"\nflavour = "mint"\n', "flavour"),
+    ],
+)
 def test_bad_runtimes_are_refused(tmp_path, text, words):
     f = tmp_path / "c.toml"
     f.write_text(text)

@@ -3,7 +3,7 @@ import struct
 
 import pytest
 
-from shim.framing import MAX_FRAME, FrameError, FrameReader, encode
+from frames.framing import MAX_FRAME, FrameError, FrameReader, encode
 
 
 def test_round_trip_byte_by_byte():

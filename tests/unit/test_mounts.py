@@ -1,17 +1,17 @@
 """Mount option parsing and symlink-safe joins."""
 import os
 
-from shim import linux
-from shim.mounts import parse_options, secure_join
+from linux import libc
+from linux.mounts import parse_options, secure_join
 
 
 def test_options_split_into_flags_propagation_and_data():
     flags, prop, data = parse_options(["nosuid", "noexec", "nodev", "ro", "mode=755", "size=65536k", "rslave"])
-    assert flags == linux.MS_NOSUID | linux.MS_NOEXEC | linux.MS_NODEV | linux.MS_RDONLY
-    assert prop == linux.MS_SLAVE | linux.MS_REC
+    assert flags == libc.MS_NOSUID | libc.MS_NOEXEC | libc.MS_NODEV | libc.MS_RDONLY
+    assert prop == libc.MS_SLAVE | libc.MS_REC
     assert data == "mode=755,size=65536k"
     assert parse_options(["ro", "rw"])[0] == 0  # the later word wins
-    assert parse_options(["rbind"])[0] == linux.MS_BIND | linux.MS_REC
+    assert parse_options(["rbind"])[0] == libc.MS_BIND | libc.MS_REC
 
 
 def test_secure_join_keeps_symlinks_inside_the_root(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 from api.runtime.v1 import api_pb2 as pb
 from cri import oci_spec
 from cri.errors import InvalidArgument
-from shim import caps as caps_module
+from linux import caps as caps_module
 
 
 def config(**kw) -> pb.ContainerConfig:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cri import seccomp_profile
-from shim import linux, seccomp
+from linux import libc, seccomp
 
 
 def allowed(profile, name):
@@ -120,7 +120,7 @@ def in_filtered_child(profile, body) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+            libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
             compiled.load()
             os._exit(body())
         except BaseException:
@@ -152,7 +152,7 @@ def test_two_tests_of_one_argument_are_ored_as_runc_does():
 
     def probe():
         # umask cannot fail, so a filtered one returns -1 through libc: read it raw.
-        got = [linux._libc.umask(m) for m in (0o22, 0o77, 0o7)]
+        got = [libc._libc.umask(m) for m in (0o22, 0o77, 0o7)]
         return 1 + (got[0] == -1) * 2 + (got[1] == -1) * 4 + (got[2] == -1) * 8
     assert in_filtered_child(profile, probe) == 1 + 2 + 4
 

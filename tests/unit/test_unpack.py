@@ -1,57 +1,30 @@
-"""Layer unpacking: every entry type, whiteouts under a real overlayfs, hostile and corrupt layers.
-
-Run as a script (``python -m tests.unit.test_unpack``) to print unpack throughput.
-"""
+"""Layer unpacking: every entry type, whiteouts under a real overlayfs, hostile and corrupt layers."""
 import contextlib
 import gzip
 import hashlib
 import io
 import os
-import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 
 import pytest
 import zstandard
 
 from image.compression import GZIP, NONE, ZSTD, compression_of, open_decompressed, sniff
-from image.unpack import LayerError, UnpackResult, UnsafeLayerError, sync_dir_tree, unpack_layer
+from image.unpack import (
+    LayerError,
+    UnpackResult,
+    UnsafeLayerError,
+    unpack_layer,
+)
+from tests.fixtures.layers import MTIME, compress, entry, tar_bytes
 
-MTIME = 1_600_000_000
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 MEDIA_TYPES = {NONE: OCI_TAR, GZIP: OCI_GZIP, ZSTD: OCI_ZSTD}
-
-
-def entry(name, kind=tarfile.REGTYPE, data=b"", mode=0o644, uid=0, gid=0, mtime=MTIME, link="", dev=(0, 0), xattrs=None):
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.uid, info.gid, info.mtime, info.linkname = kind, mode, uid, gid, mtime, link
-    info.devmajor, info.devminor = dev
-    info.size = len(data) if kind == tarfile.REGTYPE else 0
-    if xattrs:
-        info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()}
-    return info, data
-
-
-def tar_bytes(*entries) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for info, data in entries:
-            t.addfile(info, io.BytesIO(data) if info.size else None)
-    return buf.getvalue()
-
-
-def compress(data: bytes, kind: str) -> bytes:
-    if kind == GZIP:
-        return gzip.compress(data)
-    if kind == ZSTD:
-        return zstandard.ZstdCompressor().compress(data)
-    return data
 
 
 @pytest.fixture
@@ -511,41 +484,3 @@ def test_sniff_and_open_decompressed(layer_file):
     assert sniff(b"etc/") == NONE and sniff(b"") == NONE
     with open_decompressed(layer_file(gzip.compress(b"payload")), OCI_TAR) as f:
         assert f.read() == b"payload"
-
-
-def test_sync_dir_tree(dest):
-    sync_dir_tree(dest)
-
-
-# --- throughput (not a test) ----------------------------------------------------
-
-
-def _throughput(tmp: str) -> None:
-    rng = __import__("random").Random(1)
-    members = [entry("big", data=os.urandom(20 << 20))]
-    for d in range(60):
-        members.append(entry(f"usr/lib/pkg{d}/", tarfile.DIRTYPE, mode=0o755))
-        for i in range(50):
-            members.append(entry(f"usr/lib/pkg{d}/file{i}.py", data=os.urandom(rng.randint(100, 20000))))
-    tar = tar_bytes(*members)
-    print(f"layer: {len(tar) / 1e6:.1f} MB uncompressed, {len(members)} entries")
-    for kind in (NONE, GZIP, ZSTD):
-        blob = os.path.join(tmp, f"layer.{kind}")
-        with open(blob, "wb") as f:
-            f.write(compress(tar, kind))
-        best = None
-        for attempt in range(3):
-            out = os.path.join(tmp, f"out-{kind}-{attempt}")
-            os.mkdir(out)
-            start = time.perf_counter()
-            unpack_layer(blob, MEDIA_TYPES[kind], out)
-            took = time.perf_counter() - start
-            best = took if best is None else min(best, took)
-            shutil.rmtree(out)
-        print(f"{kind:5s}: {best * 1000:7.1f} ms  {len(tar) / best / 1e6:7.1f} MB/s  "
-              f"{len(members) / best:8.0f} entries/s")
-
-
-if __name__ == "__main__":
-    with tempfile.TemporaryDirectory(dir=sys.argv[1] if len(sys.argv) > 1 else None) as tmp:
-        _throughput(tmp)

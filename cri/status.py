@@ -1,0 +1,171 @@
+"""CRI status messages built from the runtime's records: containers' and pod sandboxes', as
+the status, list and event calls answer them."""
+from __future__ import annotations
+
+import json
+import time
+
+from google.protobuf import json_format
+
+from api.runtime.v1 import api_pb2 as pb
+from cri.errors import NotFound
+from cri.records import CREATED, EXITED, RUNNING, SANDBOX_READY
+from cri.runtime import Container, Runtime, Sandbox
+
+_STATES = {
+    CREATED: pb.CONTAINER_CREATED,
+    RUNNING: pb.CONTAINER_RUNNING,
+    EXITED: pb.CONTAINER_EXITED,
+}
+
+
+def container_state(c: Container) -> int:
+    return _STATES.get(c.rec.state, pb.CONTAINER_UNKNOWN)
+
+
+def image_ref(rt: Runtime, c: Container) -> str:
+    """What containerd reports as image_ref: the image's repo digest, or its ID when it has none."""
+    image = rt.images.metadata.image(c.rec.image_id)
+    if image is not None and image.repo_digests:
+        return image.repo_digests[0]
+    return c.rec.image_id
+
+
+def to_cri_container(rt: Runtime, c: Container) -> pb.Container:
+    config = pb.ContainerConfig.FromString(c.rec.config)
+    return pb.Container(
+        id=c.id, pod_sandbox_id=c.rec.sandbox_id, metadata=config.metadata,
+        image=pb.ImageSpec(image=c.rec.image_name), image_ref=image_ref(rt, c), image_id=c.rec.image_id,
+        state=container_state(c), created_at=c.rec.created_at, labels=config.labels, annotations=config.annotations,
+    )
+
+
+def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerStatusResponse:
+    if c.rec.state == RUNNING:
+        rt.observe_exit(c)
+    rec = c.rec
+    config = pb.ContainerConfig.FromString(rec.config)
+    status = pb.ContainerStatus(
+        id=rec.id, metadata=config.metadata, state=container_state(c), created_at=rec.created_at,
+        started_at=rec.started_at, finished_at=rec.finished_at, exit_code=rec.exit_code,
+        image=pb.ImageSpec(image=rec.image_name), image_ref=image_ref(rt, c), image_id=rec.image_id,
+        reason=rec.reason, message=rec.message, labels=config.labels, annotations=config.annotations,
+        mounts=config.mounts, log_path=rec.log_path,
+    )
+    status.resources.linux.CopyFrom(_current_resources(rec.spec, config.linux.resources))
+    user = (rec.spec.get("process") or {}).get("user")
+    if user:
+        status.user.linux.uid = user.get("uid", 0)
+        status.user.linux.gid = user.get("gid", 0)
+        status.user.linux.supplemental_groups.extend(user.get("additionalGids") or ())
+    info = {}
+    if verbose:
+        info["info"] = json.dumps({
+            "sandboxID": rec.sandbox_id,
+            "pid": rec.pid if rec.state == RUNNING else 0,
+            "shimPid": rec.shim_pid,
+            "runtimeType": "cricket",
+            "snapshotKey": rec.chain_id,
+            "config": json_format.MessageToDict(config),
+            "runtimeSpec": rec.spec,
+        })
+    return pb.ContainerStatusResponse(status=status, info=info)
+
+
+def _current_resources(spec: dict, asked: pb.LinuxContainerResources) -> pb.LinuxContainerResources:
+    """The resources in force: as created, with any update since (kept in the spec)."""
+    r = (spec.get("linux") or {}).get("resources") or {}
+    cpu, memory = r.get("cpu") or {}, r.get("memory") or {}
+    out = pb.LinuxContainerResources(
+        cpu_period=cpu.get("period", 0), cpu_quota=cpu.get("quota", 0), cpu_shares=cpu.get("shares", 0),
+        cpuset_cpus=cpu.get("cpus", ""), cpuset_mems=cpu.get("mems", ""),
+        memory_limit_in_bytes=memory.get("limit", 0), memory_swap_limit_in_bytes=memory.get("swap", 0),
+        oom_score_adj=(spec.get("process") or {}).get("oomScoreAdj", asked.oom_score_adj),
+        unified=r.get("unified") or {},
+    )
+    out.hugepage_limits.extend(pb.HugepageLimit(page_size=h["pageSize"], limit=h["limit"])
+                               for h in r.get("hugepageLimits") or ())
+    return out
+
+
+def container_matches(c: Container, f: pb.ContainerFilter) -> bool:
+    if f.id and not c.id.startswith(f.id):
+        return False
+    if f.HasField("state") and container_state(c) != f.state.state:
+        return False
+    if f.pod_sandbox_id and not c.rec.sandbox_id.startswith(f.pod_sandbox_id):
+        return False
+    if f.label_selector:
+        labels = pb.ContainerConfig.FromString(c.rec.config).labels
+        if any(labels.get(k) != v for k, v in f.label_selector.items()):
+            return False
+    return True
+
+
+def sandbox_state(s: Sandbox) -> int:
+    return pb.SANDBOX_READY if s.rec.state == SANDBOX_READY else pb.SANDBOX_NOTREADY
+
+
+def to_cri_sandbox(s: Sandbox) -> pb.PodSandbox:
+    config = pb.PodSandboxConfig.FromString(s.rec.config)
+    return pb.PodSandbox(
+        id=s.id, metadata=config.metadata, state=sandbox_state(s), created_at=s.rec.created_at,
+        labels=config.labels, annotations=config.annotations, runtime_handler=s.rec.runtime_handler,
+    )
+
+
+def sandbox_status(rt: Runtime, s: Sandbox, verbose: bool) -> pb.PodSandboxStatusResponse:
+    rec = s.rec
+    config = pb.PodSandboxConfig.FromString(rec.config)
+    ns = config.linux.security_context.namespace_options
+    status = pb.PodSandboxStatus(
+        id=rec.id, metadata=config.metadata, state=sandbox_state(s), created_at=rec.created_at,
+        labels=config.labels, annotations=config.annotations, runtime_handler=rec.runtime_handler,
+        linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=pb.NamespaceOption(
+            network=ns.network, pid=ns.pid, ipc=ns.ipc))),
+    )
+    if rec.ips:
+        status.network.ip = rec.ips[0]
+        status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in rec.ips[1:])
+    info = {}
+    if verbose:
+        info["info"] = json.dumps({
+            "pid": rec.pod_init_pid,
+            "netNamespace": rec.netns,
+            "ipcNamespace": rec.ipcns,
+            "utsNamespace": rec.utsns,
+            "shm": rec.shm,
+            "cgroupParent": rec.cgroup_parent,
+            "hostname": rec.hostname,
+            "runtimeHandler": rec.runtime_handler,
+            "config": json_format.MessageToDict(config),
+        })
+    containers = [container_status(rt, c, False).status for c in rt.containers_of(rec.id)]
+    return pb.PodSandboxStatusResponse(status=status, info=info, containers_statuses=containers,
+                                       timestamp=time.time_ns())
+
+
+def sandbox_matches(s: Sandbox, f: pb.PodSandboxFilter) -> bool:
+    if f.id and not s.id.startswith(f.id):
+        return False
+    if f.HasField("state") and sandbox_state(s) != f.state.state:
+        return False
+    if f.label_selector:
+        labels = pb.PodSandboxConfig.FromString(s.rec.config).labels
+        if any(labels.get(k) != v for k, v in f.label_selector.items()):
+            return False
+    return True
+
+
+def describe_event(rt: Runtime, kind: int, sandbox_id: str, container_id: str) -> pb.ContainerEventResponse:
+    """The event with the pod's status and its containers' as they are now (a deleted pod has
+    neither), as kubelet's evented PLEG reads them."""
+    event = pb.ContainerEventResponse(container_id=container_id or sandbox_id, container_event_type=kind,
+                                      created_at=time.time_ns())
+    try:
+        s = rt.sandbox(sandbox_id)
+    except NotFound:
+        return event
+    event.pod_sandbox_status.CopyFrom(sandbox_status(rt, s, False).status)
+    event.containers_statuses.extend(container_status(rt, c, False).status for c in rt.containers_of(s.id))
+    return event

@@ -1,0 +1,287 @@
+"""CreateContainer: the rootfs overlay, the OCI runtime spec, and a shim that sets the container up
+and holds its process before exec."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+
+from api.runtime.v1 import api_pb2 as pb
+from api.shim.v1 import shim_pb2 as shim_pb
+from cri import oci_spec, security
+from cri.container_lifecycle import discard_container
+from cri.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    handle_errors,
+)
+from cri.records import SANDBOX_READY, ContainerRecord, NameInUse, SandboxRecord
+from cri.runtime import Container, Runtime, Sandbox
+from cri.sandbox_lifecycle import ensure_pod_init
+from cri.tracing import tracer
+from linux import libc, mounts
+from linux.cgroups import mode as cgroup_mode
+
+log = logging.getLogger(__name__)
+
+
+def container_name(meta: pb.ContainerMetadata, sandbox: pb.PodSandboxMetadata) -> str:
+    return f"{meta.name}_{sandbox.name}_{sandbox.namespace}_{sandbox.uid}_{meta.attempt}"
+
+
+def validate(config: pb.ContainerConfig) -> None:
+    if not config.metadata.name:
+        raise InvalidArgument("container metadata.name is empty")
+    if not config.image.image:
+        raise InvalidArgument("container image is empty")
+    if config.log_path and os.path.isabs(config.log_path):
+        raise InvalidArgument(f"log_path {config.log_path!r} must be relative to the pod's log_directory")
+    ns = config.linux.security_context.namespace_options
+    if ns.pid == pb.TARGET and not ns.target_id:
+        raise InvalidArgument("namespace_options.pid is TARGET but target_id is empty")
+
+
+async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerConfig) -> Container:
+    validate(config)
+    sandbox = rt.sandbox(sandbox_id)
+    srec = sandbox.rec
+    if srec.state != SANDBOX_READY:
+        raise FailedPrecondition(f"pod sandbox {srec.id} is not ready: containers can only be created in a ready pod")
+    image = rt.images.find(config.image.image)
+    if image is None:
+        raise NotFound(f"image {config.image.image!r} is not present: pull it first")
+    sconfig = pb.PodSandboxConfig.FromString(srec.config)
+    checked = check_security(config, sconfig)  # before anything is made or reserved
+    log_path = ""
+    if config.log_path and sconfig.log_directory:
+        log_path = os.path.join(sconfig.log_directory, config.log_path)
+    rec = ContainerRecord(
+        id=secrets.token_hex(32), sandbox_id=srec.id, name=container_name(config.metadata, sconfig.metadata),
+        config=config.SerializeToString(), image_id=image.id, image_name=config.image.image,
+        chain_id=image.chain_id, log_path=log_path, created_at=time.time_ns(),
+    )
+    try:
+        rt.records.add_container(rec)  # reserves the name, and keeps the image's layers from GC
+    except NameInUse as e:
+        raise AlreadyExists(f"container name {e.name!r} is reserved for {e.holder}") from None
+    c = rt.add_container(rec)
+    try:
+        async with c.lock:
+            await _set_up(rt, c, sandbox, sconfig, config, image.config, checked)
+            rt.save(c)
+    except BaseException:
+        await discard_container(rt, c)
+        raise
+    rt.events.emit(pb.CONTAINER_CREATED_EVENT, rec.sandbox_id, rec.id)
+    return c
+
+
+async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSandboxConfig,
+                  config: pb.ContainerConfig, image_doc: dict, checked: dict) -> None:
+    rec = c.rec
+    layout = rt.layout
+    own = layout.container_dir(rec.id)
+    for d in ("upper", "work", "volumes"):
+        os.makedirs(os.path.join(own, d), mode=0o711)
+    os.makedirs(layout.rootfs(rec.id), mode=0o711)
+    _mount_rootfs(rt, rec)
+
+    image = image_doc.get("config") or {}
+    spec = build_spec(rt, c, sandbox, config, image, checked)
+    with open(os.path.join(layout.bundle(rec.id), "config.json"), "w") as f:
+        json.dump(spec, f)
+    rec.spec = spec
+    if rec.log_path:
+        os.makedirs(os.path.dirname(rec.log_path), mode=0o755, exist_ok=True)
+
+    with tracer.start_as_current_span("shim.spawn", attributes={"cri.container_id": rec.id}):
+        rec.shim_pid = await rt.zygote.spawn_shim(shim_pb.SpawnShim(
+            container_id=rec.id, bundle=layout.bundle(rec.id), socket=layout.shim_socket(rec.id),
+            exit_file=layout.exit_file(rec.id), log_path=rec.log_path, stdin=config.stdin,
+            stdin_once=config.stdin_once, tty=config.tty,
+            shim_log=layout.shim_log(rec.id), log_max_size=rt.config.container_logs.max_size,
+            log_max_files=rt.config.container_logs.max_files, **_runtime_of(rt, sandbox),
+        ))
+    # The shim builds the container now, while the caller moves on: StartContainer waits
+    # for it (as containerd runs runc create within StartContainer, not before).
+
+
+def _runtime_of(rt: Runtime, sandbox: Sandbox) -> dict:
+    """The OCI runtime the pod's handler names, for the shim; nothing for the built-in executor."""
+    handler = rt.handlers.get(sandbox.rec.runtime_handler)
+    if handler is None:
+        return {}
+    os.makedirs(handler.root, mode=0o700, exist_ok=True)
+    return {"runtime": handler.path, "runtime_root": handler.root}
+
+
+def _mount_rootfs(rt: Runtime, rec: ContainerRecord) -> None:
+    own = rt.layout.container_dir(rec.id)
+    lower = rt.images.snapshots.lower_dirs(rec.chain_id) if rec.chain_id else []
+    if not lower:
+        empty = os.path.join(own, "empty")  # an image without layers still needs a lower dir
+        os.makedirs(empty, exist_ok=True)
+        lower = [empty]
+    options = f"lowerdir={':'.join(lower)},upperdir={own}/upper,workdir={own}/work"
+    libc.mount("overlay", rt.layout.rootfs(rec.id), "overlay", 0, options)
+
+
+def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> dict:
+    """Everything of the security context and resources that can be refused, worked out and
+    refused now: capability sets, seccomp, resources, oom_score_adj."""
+    ctx = config.linux.security_context
+    security.check_privileged(ctx, sconfig)
+    security.check_lsm(ctx)
+    capabilities = security.capability_sets(ctx, oci_spec.capabilities(ctx))
+    res = security.resources(config.linux.resources, "linux.resources")
+    return {
+        "capabilities": capabilities,
+        "seccomp": security.seccomp(ctx, capabilities["bounding"]),
+        "resources": res,
+        "oom_score_adj": security.clamp_oom_score_adj(config.linux.resources.oom_score_adj),
+    }
+
+
+def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.ContainerConfig, image: dict,
+               checked: dict) -> dict:
+    rec, srec = c.rec, sandbox.rec
+    rootfs = rt.layout.rootfs(rec.id)
+    ctx = config.linux.security_context
+    user, group = oci_spec.user_string(ctx, image)
+    process_user = oci_spec.resolve_user(rootfs, user, group, list(ctx.supplemental_groups),
+                                         strict=ctx.supplemental_groups_policy == pb.Strict)
+    process = {
+        "terminal": config.tty,
+        "user": process_user,
+        "args": oci_spec.process_args(config, image),
+        "env": oci_spec.environment(config, image, srec.hostname),
+        "cwd": config.working_dir or image.get("WorkingDir") or "/",
+        "capabilities": checked["capabilities"],
+        "noNewPrivileges": ctx.no_new_privs,
+        "oomScoreAdj": checked["oom_score_adj"],
+    }
+    all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), _image_volumes(rt, rec, config, image))
+    if ctx.privileged:
+        # Writable /sys and cgroups, the host's devices, no masked or read-only /proc paths.
+        for m in all_mounts:
+            if m["type"] in ("sysfs", "cgroup"):
+                m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+    spec = {
+        "ociVersion": oci_spec.OCI_VERSION,
+        "process": process,
+        "root": {"path": "rootfs", "readonly": ctx.readonly_rootfs},
+        "mounts": all_mounts,
+        "annotations": {
+            **dict(config.annotations),
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": config.metadata.name,
+            "io.kubernetes.cri.sandbox-id": srec.id,
+            "io.kubernetes.cri.image-name": rec.image_name,
+        },
+        "linux": {
+            "namespaces": _namespaces(rt, sandbox, ctx),
+            "cgroupsPath": f"{srec.cgroup_parent.rstrip('/')}/{rec.id}",
+            "resources": {**checked["resources"], "devices": oci_spec.device_rules(ctx.privileged)},
+            "maskedPaths": [] if ctx.privileged else list(ctx.masked_paths) or list(oci_spec.MASKED_PATHS),
+            "readonlyPaths": [] if ctx.privileged else list(ctx.readonly_paths) or list(oci_spec.READONLY_PATHS),
+        },
+    }
+    if ctx.privileged:
+        spec["linux"]["devices"] = security.host_devices()
+    if checked["seccomp"] is not None:
+        spec["linux"]["seccomp"] = checked["seccomp"]
+    propagation = oci_spec.root_propagation(all_mounts)
+    if propagation:
+        spec["linux"]["rootfsPropagation"] = propagation
+    return spec
+
+
+def _namespaces(rt: Runtime, sandbox: Sandbox, ctx: pb.LinuxContainerSecurityContext) -> list[dict]:
+    srec = sandbox.rec
+    ns = ctx.namespace_options
+    out = [{"type": "mount"}]
+    for kind, path in (("network", srec.netns), ("uts", srec.utsns)):
+        if path:
+            out.append({"type": kind, "path": path})
+    if ns.ipc == pb.POD and srec.ipcns:
+        out.append({"type": "ipc", "path": srec.ipcns})
+    elif ns.ipc != pb.NODE:
+        out.append({"type": "ipc"})
+    if ns.pid == pb.CONTAINER:
+        out.append({"type": "pid"})
+    elif ns.pid == pb.POD:
+        if not srec.pod_init_pid:
+            raise FailedPrecondition("internal: pod init missing")  # ensured by the caller
+        out.append({"type": "pid", "path": f"/proc/{srec.pod_init_pid}/ns/pid"})
+    elif ns.pid == pb.TARGET:
+        target = rt.container(ns.target_id)
+        if target.rec.sandbox_id != srec.id:
+            raise InvalidArgument(f"target container {ns.target_id} is in another pod")
+        if not target.rec.pid:
+            raise FailedPrecondition(f"target container {ns.target_id} has no process")
+        out.append({"type": "pid", "path": f"/proc/{target.rec.pid}/ns/pid"})
+    if cgroup_mode() == "v2" and not ctx.privileged:
+        out.append({"type": "cgroup"})
+    return out
+
+
+def _sandbox_mounts(rt: Runtime, srec: SandboxRecord, ctx: pb.LinuxContainerSecurityContext) -> list[pb.Mount]:
+    """The pod's hostname, hosts and resolv.conf, and its /dev/shm (the host's with host IPC)."""
+    out = [
+        pb.Mount(container_path=f"/etc/{name}", host_path=rt.layout.sandbox_file(srec.id, name),
+                 readonly=ctx.readonly_rootfs)
+        for name in ("hostname", "hosts", "resolv.conf")
+    ]
+    shm = srec.shm if ctx.namespace_options.ipc == pb.POD and srec.shm else "/dev/shm"
+    out.append(pb.Mount(container_path="/dev/shm", host_path=shm))
+    return out
+
+
+def _image_volumes(rt: Runtime, rec: ContainerRecord, config: pb.ContainerConfig, image: dict) -> list[tuple[str, str]]:
+    """The image's VOLUMEs as directories of this container's, seeded with what the image has
+    there, so writes to them do not land in the writable layer (as containerd does)."""
+    taken = {os.path.normpath(m.container_path) for m in config.mounts}
+    rootfs = rt.layout.rootfs(rec.id)
+    out = []
+    for i, dest in enumerate(sorted(image.get("Volumes") or {})):
+        if os.path.normpath(dest) in taken:
+            continue
+        source = os.path.join(rt.layout.container_dir(rec.id), "volumes", str(i))
+        seed = mounts.secure_join(rootfs, dest)
+        if os.path.isdir(seed):
+            _copy_owned(seed, source)
+        else:
+            os.makedirs(source, mode=0o755)
+        out.append((dest, source))
+    return out
+
+
+def _copy_owned(src: str, dst: str) -> None:
+    """Copy a tree keeping modes, times and owners (copytree alone keeps no owners)."""
+    shutil.copytree(src, dst, symlinks=True, copy_function=shutil.copy2)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        for name in [".", *dirnames, *filenames]:
+            s = os.path.normpath(os.path.join(dirpath, name))
+            st = os.lstat(s)
+            os.lchown(os.path.normpath(os.path.join(dst, rel, name)), st.st_uid, st.st_gid)
+
+
+class ContainerCreate:
+    rt: Runtime
+
+    @handle_errors
+    async def CreateContainer(self, request, context):
+        sandbox = self.rt.sandbox(request.pod_sandbox_id)
+        ns = request.config.linux.security_context.namespace_options
+        if ns.pid == pb.POD and sandbox.rec.state == SANDBOX_READY:
+            async with sandbox.lock:
+                await ensure_pod_init(self.rt, sandbox)
+        c = await create_container(self.rt, request.pod_sandbox_id, request.config)
+        log.info("container %s (%s) created", c.id, c.rec.name)
+        return pb.CreateContainerResponse(container_id=c.id)

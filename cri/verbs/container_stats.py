@@ -1,0 +1,39 @@
+"""ContainerStats and ListContainerStats: a running container's CPU, memory and writable layer."""
+from __future__ import annotations
+
+from api.runtime.v1 import api_pb2 as pb
+from cri.errors import FailedPrecondition, handle_errors
+from cri.records import RUNNING
+from cri.runtime import Runtime
+from cri.stats import CpuRates, container_stats, labels_match
+from linux.cgroups import CgroupNotFound
+
+
+class ContainerStats:
+    rt: Runtime
+    rates: CpuRates
+
+    @handle_errors
+    async def ContainerStats(self, request, context):
+        c = self.rt.container(request.container_id)
+        if c.rec.state != RUNNING or self.rt.observe_exit(c):
+            raise FailedPrecondition(f"container {c.id} is {c.rec.state}: stats come from running containers")
+        return pb.ContainerStatsResponse(stats=container_stats(self.rt, self.rates, c))
+
+    @handle_errors
+    async def ListContainerStats(self, request, context):
+        f = request.filter
+        out = []
+        for c in list(self.rt.containers.values()):
+            if c.rec.state != RUNNING or (f.id and not c.id.startswith(f.id)):
+                continue
+            if f.pod_sandbox_id and not c.rec.sandbox_id.startswith(f.pod_sandbox_id):
+                continue
+            if f.label_selector and not labels_match(pb.ContainerConfig.FromString(c.rec.config).labels,
+                                                      f.label_selector):
+                continue
+            try:
+                out.append(container_stats(self.rt, self.rates, c))
+            except CgroupNotFound:
+                continue
+        return pb.ListContainerStatsResponse(stats=out)

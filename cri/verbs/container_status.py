@@ -1,0 +1,26 @@
+"""ContainerStatus and ListContainers."""
+from __future__ import annotations
+
+from api.runtime.v1 import api_pb2 as pb
+from cri.errors import handle_errors
+from cri.records import RUNNING
+from cri.runtime import Runtime
+from cri.status import container_matches, container_status, to_cri_container
+
+
+class ContainerStatusVerbs:
+    rt: Runtime
+
+    @handle_errors
+    async def ContainerStatus(self, request, context):
+        return container_status(self.rt, self.rt.container(request.container_id), request.verbose)
+
+    @handle_errors
+    async def ListContainers(self, request, context):
+        out = []
+        for c in list(self.rt.containers.values()):
+            if c.rec.state == RUNNING:
+                self.rt.observe_exit(c)
+            if container_matches(c, request.filter):
+                out.append(to_cri_container(self.rt, c))
+        return pb.ListContainersResponse(containers=out)

@@ -1,0 +1,137 @@
+"""RunPodSandbox: a pod's namespaces, files, /dev/shm and cgroup, without a pause process."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+
+from api.runtime.v1 import api_pb2 as pb
+from cri import security
+from cri.config import BUILTIN_HANDLER
+from cri.errors import AlreadyExists, InvalidArgument, RuntimeFailure, handle_errors
+from cri.pod_network import attach_network, detach_network
+from cri.records import SANDBOX_NOTREADY, SANDBOX_READY, NameInUse, SandboxRecord
+from cri.runtime import Runtime, Sandbox
+from cri.sandbox_files import write_sandbox_files
+from cri.sandbox_lifecycle import CGROUP_ROOT, ensure_pod_init, remove_sandbox_files
+from linux import libc
+from linux.cgroups import Cgroup
+
+log = logging.getLogger(__name__)
+
+SHM_SIZE = "65536k"  # Docker's and containerd's default /dev/shm
+
+
+def sandbox_name(meta: pb.PodSandboxMetadata) -> str:
+    return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+
+
+def namespace_options(config: pb.PodSandboxConfig) -> pb.NamespaceOption:
+    return config.linux.security_context.namespace_options
+
+
+def validate(config: pb.PodSandboxConfig) -> None:
+    meta = config.metadata
+    for name in ("name", "namespace", "uid"):
+        if not getattr(meta, name):
+            raise InvalidArgument(f"pod sandbox metadata.{name} is empty")
+    ns = namespace_options(config)
+    if ns.network not in (pb.POD, pb.NODE):
+        raise InvalidArgument(f"namespace_options.network must be POD or NODE, not {pb.NamespaceMode.Name(ns.network)}")
+    if ns.ipc not in (pb.POD, pb.NODE):
+        raise InvalidArgument(f"namespace_options.ipc must be POD or NODE, not {pb.NamespaceMode.Name(ns.ipc)}")
+    if ns.pid == pb.TARGET:
+        raise InvalidArgument("namespace_options.pid TARGET is for containers, not pod sandboxes")
+    if config.log_directory and not os.path.isabs(config.log_directory):
+        raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
+    security.pod_sysctls(config)
+    security.resources(config.linux.resources, "linux.resources")
+    security.resources(config.linux.overhead, "linux.overhead")
+
+
+async def run_pod_sandbox(rt: Runtime, config: pb.PodSandboxConfig, handler: str) -> Sandbox:
+    validate(config)
+    if handler not in ("", BUILTIN_HANDLER) and handler not in rt.handlers:
+        known = ", ".join(repr(h) for h in ["", BUILTIN_HANDLER, *rt.handlers])
+        raise InvalidArgument(f"unknown runtime handler {handler!r}: this node has {known}")
+    rec = SandboxRecord(
+        id=secrets.token_hex(32), name=sandbox_name(config.metadata), config=config.SerializeToString(),
+        runtime_handler=handler, created_at=time.time_ns(), state=SANDBOX_NOTREADY,
+    )
+    rec.cgroup_parent = config.linux.cgroup_parent or f"{CGROUP_ROOT}/{rec.id}"
+    try:
+        rt.records.add_sandbox(rec)  # reserves the name before anything is made
+    except NameInUse as e:
+        raise AlreadyExists(f"pod sandbox name {e.name!r} is reserved for {e.holder}") from None
+    sandbox = Sandbox(rec)
+    rt.sandboxes[rec.id] = sandbox
+    try:
+        async with sandbox.lock:
+            await _set_up(rt, sandbox, config)
+            rec.state = SANDBOX_READY
+            rt.save(sandbox)
+    except BaseException:
+        try:
+            await detach_network(rt, rec)
+        except RuntimeFailure as e:
+            log.warning("%s", e)
+        remove_sandbox_files(rt, rec)
+        rt.records.remove_sandbox(rec.id)
+        del rt.sandboxes[rec.id]
+        raise
+    # A pod sandbox is reported as containerd reports its sandbox container: made, then running.
+    rt.events.emit(pb.CONTAINER_CREATED_EVENT, rec.id)
+    rt.events.emit(pb.CONTAINER_STARTED_EVENT, rec.id)
+    return sandbox
+
+
+async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) -> None:
+    rec = sandbox.rec
+    layout = rt.layout
+    ns = namespace_options(config)
+    host_network = ns.network == pb.NODE
+    os.makedirs(os.path.join(layout.sandbox_dir(rec.id), "ns"), mode=0o711)
+    rec.hostname = write_sandbox_files(layout.sandbox_dir(rec.id), config)
+    if config.log_directory:
+        os.makedirs(config.log_directory, mode=0o755, exist_ok=True)
+
+    # The pod's network, IPC and UTS namespaces (UTS follows the network: a pod on
+    # the host's network has the host's name).
+    wanted = {"net": not host_network, "ipc": ns.ipc == pb.POD, "uts": not host_network}
+    paths = {kind: layout.sandbox_pin(rec.id, kind) if want else "" for kind, want in wanted.items()}
+    for path in paths.values():
+        if path:
+            open(path, "w").close()
+    if any(paths.values()):
+        await rt.zygote.pin_namespaces(paths["net"], paths["ipc"], paths["uts"], rec.hostname,
+                                       security.pod_sysctls(config))
+    rec.netns, rec.ipcns, rec.utsns = paths["net"], paths["ipc"], paths["uts"]
+
+    if not host_network:
+        rec.ips = await attach_network(rt, rec, config)
+
+    if ns.ipc == pb.POD:
+        shm = layout.sandbox_shm(rec.id)
+        os.mkdir(shm, 0o755)
+        libc.mount("shm", shm, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+                    f"mode=1777,size={SHM_SIZE}")
+        rec.shm = shm
+
+    parent = Cgroup(rec.cgroup_parent)
+    rec.own_cgroup_parent = not parent.exists()  # kubelet makes its pods' parents; others are ours to remove
+    parent.create()
+    if rec.own_cgroup_parent and config.linux.resources.ByteSize():
+        parent.apply(security.resources(config.linux.resources))  # a parent kubelet made, kubelet limits
+    if ns.pid == pb.POD:
+        await ensure_pod_init(rt, sandbox)
+
+
+class SandboxRun:
+    rt: Runtime
+
+    @handle_errors
+    async def RunPodSandbox(self, request, context):
+        sandbox = await run_pod_sandbox(self.rt, request.config, request.runtime_handler)
+        log.info("pod sandbox %s (%s) is ready", sandbox.id, sandbox.rec.name)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox.id)

@@ -1,0 +1,146 @@
+"""cricketd's clients of the shim protocol (api/shim/v1/shim.proto): the zygote's and each shim's."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from api.shim.v1 import shim_pb2 as pb
+from frames.client import call
+
+log = logging.getLogger(__name__)
+
+ZYGOTE_START_TIMEOUT = 30.0
+
+
+class ShimError(RuntimeError):
+    """A shim or the zygote refused a request; the message is its reason."""
+
+
+class ShimGone(ShimError):
+    """The shim is not there to answer: it exited, or it died."""
+
+
+class ZygoteClient:
+    """Starts the zygote (shim/zygote.py), the template process shims are forked from, and asks it for forks."""
+
+    def __init__(self, state_dir: str):
+        self.socket = os.path.join(state_dir, "zygote.sock")
+        self._proc: subprocess.Popen | None = None
+        self._lifeline: int | None = None
+
+    def start(self) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_inheritable(r, True)
+        try:
+            os.unlink(self.socket)
+        except FileNotFoundError:
+            pass
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "shim.zygote", "--socket", self.socket, "--lifeline", str(r)],
+            pass_fds=(r,), stdin=subprocess.DEVNULL,
+        )
+        os.close(r)
+        self._lifeline = w  # never written: its closing, with cricketd, is the message
+        deadline = time.monotonic() + ZYGOTE_START_TIMEOUT
+        while not os.path.exists(self.socket):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the zygote exited at start with status {self._proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the zygote did not listen on {self.socket} within {ZYGOTE_START_TIMEOUT}s")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Let the zygote go: it serves no more and exits once its shims have."""
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
+        # It lingers while containers run; it is no longer ours to wait for.
+        self._proc = None
+
+    async def _call(self, req: pb.ZygoteRequest) -> pb.ZygoteResponse:
+        try:
+            answer = await call(self.socket, req.SerializeToString())
+        except (ConnectionError, FileNotFoundError) as e:
+            raise ShimError(f"the zygote at {self.socket} did not answer: {e}") from None
+        resp = pb.ZygoteResponse.FromString(answer)
+        if resp.error:
+            raise ShimError(resp.error)
+        return resp
+
+    async def spawn_shim(self, spawn: pb.SpawnShim) -> int:
+        return (await self._call(pb.ZygoteRequest(spawn_shim=spawn))).pid
+
+    async def pin_namespaces(self, net: str, ipc: str, uts: str, hostname: str, sysctls: dict[str, str]) -> None:
+        pin = pb.PinNamespaces(net=net, ipc=ipc, uts=uts, hostname=hostname, sysctls=sysctls)
+        await self._call(pb.ZygoteRequest(pin_namespaces=pin))
+
+    async def spawn_pod_init(self, sandbox_id: str) -> int:
+        return (await self._call(pb.ZygoteRequest(spawn_pod_init=pb.SpawnPodInit(sandbox_id=sandbox_id)))).pid
+
+
+class ShimClient:
+    """Requests to one container's shim over its socket."""
+
+    def __init__(self, socket_path: str):
+        self.socket = socket_path
+
+    async def _call(self, req: pb.Request, fds=()) -> pb.Response:
+        try:
+            answer = await call(self.socket, req.SerializeToString(), fds)
+        except (ConnectionError, FileNotFoundError) as e:
+            raise ShimGone(f"the shim at {self.socket} is gone: {e}") from None
+        return pb.Response.FromString(answer)
+
+    async def _ok(self, req: pb.Request, fds=()) -> pb.Response:
+        resp = await self._call(req, fds)
+        if resp.error:
+            raise ShimError(resp.error)
+        return resp
+
+    async def wait_created(self) -> pb.State:
+        return (await self._ok(pb.Request(state=pb.StateRequest(wait_created=True)))).state
+
+    async def state(self) -> pb.State:
+        return (await self._ok(pb.Request(state=pb.StateRequest()))).state
+
+    async def start(self) -> pb.State:
+        return (await self._ok(pb.Request(start=pb.StartRequest()))).state
+
+    async def kill(self, signal: int, exec_id: str = "", all: bool = False) -> None:
+        await self._ok(pb.Request(kill=pb.KillRequest(signal=signal, exec_id=exec_id, all=all)))
+
+    async def wait(self) -> pb.State:
+        """Wait for the container to exit; its final state."""
+        return (await self._ok(pb.Request(wait=pb.WaitRequest()))).state
+
+    async def exec(self, exec_id: str, process: dict, stdin: int | None, stdout: int | None,
+                   stderr: int | None) -> int:
+        fds = [fd for fd in (stdin, stdout, stderr) if fd is not None]
+        req = pb.Request(exec=pb.ExecRequest(
+            exec_id=exec_id, process=json.dumps(process).encode(),
+            has_stdin=stdin is not None, has_stdout=stdout is not None, has_stderr=stderr is not None,
+        ))
+        return (await self._ok(req, fds)).pid
+
+    async def wait_exec(self, exec_id: str) -> int:
+        return (await self._ok(pb.Request(wait=pb.WaitRequest(exec_id=exec_id)))).exit_code
+
+    async def attach(self, stdin: int | None, stdout: int | None, stderr: int | None) -> None:
+        """Hand the shim a stdin source and output sinks for the container's stdio (see shim.proto)."""
+        fds = [fd for fd in (stdin, stdout, stderr) if fd is not None]
+        await self._ok(pb.Request(attach=pb.AttachRequest(
+            has_stdin=stdin is not None, has_stdout=stdout is not None, has_stderr=stderr is not None)), fds)
+
+    async def resize(self, width: int, height: int) -> None:
+        await self._ok(pb.Request(resize=pb.ResizeRequest(width=width, height=height)))
+
+    async def reopen_log(self) -> None:
+        await self._ok(pb.Request(reopen_log=pb.ReopenLogRequest()))
+
+    async def shutdown(self) -> None:
+        await self._ok(pb.Request(shutdown=pb.ShutdownRequest()))
+
