@@ -142,7 +142,7 @@ def networked_pod(peer, log_dir: str, times: dict | None = None) -> None:
 
 
 def networked_pods(peers, log_dir: str, iterations: int) -> dict:
-    out = {p.name: {"run_pod": [], "stop_remove_pod": []} for p in peers}
+    out: dict[str, dict[str, list[float]]] = {p.name: {"run_pod": [], "stop_remove_pod": []} for p in peers}
     for p in peers:  # one untimed round each: first-use costs are not compared
         networked_pod(p, log_dir)
     for i in range(iterations):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -40,6 +41,10 @@ class Peer:
     pid: int
     runtime: pb_grpc.RuntimeServiceStub
     images: pb_grpc.ImageServiceStub
+    root_dir: str
+    # Each daemon's own start-up and tear-down, defined by the subclass.
+    _start: Callable[[], None]
+    _stop: Callable[[], None]
 
     def pull(self, image: str, timeout: float = 300) -> str:
         req = pb.PullImageRequest(image=pb.ImageSpec(image=image))
@@ -96,6 +101,8 @@ class Cricket(Peer):
 
     def _start(self) -> None:
         self.daemon.start()
+        # Cricketd.start() set them all.
+        assert self.daemon.proc is not None and self.daemon.runtime is not None and self.daemon.images is not None
         self.pid = self.daemon.proc.pid
         self.runtime, self.images = self.daemon.runtime, self.daemon.images
 
@@ -191,17 +198,22 @@ def containerd_config(
     sandbox_image: str = "",
     cni_conf_dir: str = "",
     cni_bin_dir: str = "",
+    mirrors: dict[str, str] | None = None,
+    state_dir: str = "",
 ) -> str:
     """containerd 1.6 config: everything it writes lives under workdir; each registry is
-    reached over plain HTTP through a hosts.toml (the non-deprecated way)."""
+    reached over plain HTTP through a hosts.toml (the non-deprecated way), and each host in
+    `mirrors` through its mirror's URL first."""
     hosts_dir = os.path.join(workdir, "certs.d")
-    for reg in registries:
-        d = os.path.join(hosts_dir, reg.host)
+    hosts = {reg.host: (f"http://{reg.host}", f"http://{reg.host}") for reg in registries}
+    for host, mirror in (mirrors or {}).items():
+        upstream = "https://registry-1.docker.io" if host == "docker.io" else f"https://{host}"
+        hosts[host] = (upstream, mirror)
+    for host, (server, first) in hosts.items():
+        d = os.path.join(hosts_dir, host)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "hosts.toml"), "w") as f:
-            f.write(
-                f'server = "http://{reg.host}"\n\n[host."http://{reg.host}"]\n  capabilities = ["pull", "resolve"]\n'
-            )
+            f.write(f'server = "{server}"\n\n[host."{first}"]\n  capabilities = ["pull", "resolve"]\n')
     # Unless a benchmark brings a network, an empty CNI dir: the host's network config is
     # none of the benchmark's business.
     cni_dir = cni_conf_dir or os.path.join(workdir, "cni")
@@ -211,7 +223,7 @@ def containerd_config(
     return f"""\
 version = 2
 root = "{root_dir}"
-state = "{workdir}/state"
+state = "{state_dir or workdir + '/state'}"
 temp = "{workdir}/tmp"
 
 [grpc]

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from bench.peers import Containerd, Cricket
 from tests.fixtures.images import build_big_image, push
@@ -56,7 +57,8 @@ def run(args) -> dict:
 
 
 def measure(peers, image: str, args) -> dict:
-    out = {p.name: {"cold_s": [], "repull_s": [], "stored_after_remove_bytes": []} for p in peers}
+    out: dict[str, dict[str, Any]] = {p.name: {"cold_s": [], "repull_s": [], "stored_after_remove_bytes": []}
+                                      for p in peers}
     time.sleep(SETTLE_SECONDS)
     for p in peers:
         out[p.name]["memory_start"] = p.memory()

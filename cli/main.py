@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import sys
+from typing import cast
 
 import grpc
 
@@ -122,7 +123,7 @@ def _moved(events, args, pushing: bool) -> apb.Progress:
             last = event
         elif args.output != "json":
             display.update(event.digest, event.size, event.done, event.state)
-    return last
+    return cast(apb.Progress, last)  # a finished stream ends with the image's event
 
 
 def cmd_pull(c: Client, args) -> None:

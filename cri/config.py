@@ -10,7 +10,9 @@ import logging
 import os
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,9 @@ def _build(cls, table: dict, where: str):
         f = known.get(key)
         if f is None:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        # Every config field has a default or a default_factory.
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else cast(Callable[[], Any], f.default_factory)())
         name = f"{where}.{key}" if where else key
         if isinstance(default, (ImageConfig, CniConfig, StreamingConfig, ContainerLogConfig, MetricsConfig,
                                 TracingConfig)):

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 1000  # events a subscriber may fall behind by
 
 # (event type, pod sandbox ID, container ID or "" for the sandbox itself) -> the event
-Describe = Callable[[int, str, str], pb.ContainerEventResponse]
+Describe = Callable[[pb.ContainerEventType, str, str], pb.ContainerEventResponse]
 
 
 class EventBus:
@@ -31,7 +31,7 @@ class EventBus:
         self.dropped = 0
         self._queues: set[asyncio.Queue] = set()
 
-    def emit(self, kind: int, sandbox_id: str, container_id: str = "") -> None:
+    def emit(self, kind: pb.ContainerEventType, sandbox_id: str, container_id: str = "") -> None:
         if not self._queues or self.describe is None:
             return
         try:

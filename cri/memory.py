@@ -12,6 +12,7 @@ import ctypes
 _M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
 ARENAS = 2
 
+_libc: ctypes.CDLL | None
 try:
     _libc = ctypes.CDLL("libc.so.6")
 except OSError:  # not glibc: nothing to tune

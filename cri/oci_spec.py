@@ -144,8 +144,8 @@ def resolve_user(rootfs: str, user: str, group: int | None, supplemental: list[i
         for g in groups:
             if len(g) > 3 and username in g[3].split(",") and g[2].isdigit():
                 extra.append(int(g[2]))
-    for g in supplemental:
-        extra.append(g)
+    for sup in supplemental:
+        extra.append(sup)
     # The primary group is a supplementary one too, as containerd sets it since the fix for
     # GHSA-hmfx-3pcx-653p: otherwise a process that changes its gid keeps no trace of it.
     return {"uid": uid, "gid": gid, "additionalGids": sorted({gid, *extra})}

@@ -8,6 +8,7 @@ runtime when Prometheus scrapes.
 from __future__ import annotations
 
 import time
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -49,7 +50,7 @@ class Metrics(grpc.aio.ServerInterceptor):
                                  ["method"], buckets=_BUCKETS, registry=self.registry)
         self.pulls = Counter("cricket_image_pulls", "PullImage calls, by result.", ["result"], registry=self.registry)
         self.registry.register(_RuntimeCollector(rt, puller))
-        self._server = None
+        self._server: WSGIServer | None = None
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")

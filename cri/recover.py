@@ -37,9 +37,9 @@ def recover(rt: Runtime) -> None:
             log.warning("pod sandbox %s lost its namespaces while cricketd was away: not ready", rec.id)
             rec.state = SANDBOX_NOTREADY
             rt.save(s)
-    for rec in rt.records.containers():
-        c = rt.add_container(rec)
-        if rec.state in (CREATED, RUNNING) and not rt.observe_exit(c) and rec.state == RUNNING:
+    for crec in rt.records.containers():
+        c = rt.add_container(crec)
+        if crec.state in (CREATED, RUNNING) and not rt.observe_exit(c) and crec.state == RUNNING:
             rt.watch(c)
     _sweep(rt)
     log.info("recovered %d pod sandboxes and %d containers", len(rt.sandboxes), len(rt.containers))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from linux import seccomp
@@ -239,7 +240,7 @@ def default_profile(capabilities: list[str], *, kernel: tuple[int, int] | None =
 # -- Localhost profiles ---------------------------------------------------------------------------
 
 
-def load_localhost(path: str, capabilities: list[str] = (), *, kernel: tuple[int, int] | None = None,
+def load_localhost(path: str, capabilities: Iterable[str] = (), *, kernel: tuple[int, int] | None = None,
                    machine: str | None = None) -> dict:
     """Read the Localhost seccomp profile at `path` as an OCI linux.seccomp object.
 

@@ -19,7 +19,7 @@ _STATES = {
 }
 
 
-def container_state(c: Container) -> int:
+def container_state(c: Container) -> pb.ContainerState:
     return _STATES.get(c.rec.state, pb.CONTAINER_UNKNOWN)
 
 
@@ -102,7 +102,7 @@ def container_matches(c: Container, f: pb.ContainerFilter) -> bool:
     return True
 
 
-def sandbox_state(s: Sandbox) -> int:
+def sandbox_state(s: Sandbox) -> pb.PodSandboxState:
     return pb.SANDBOX_READY if s.rec.state == SANDBOX_READY else pb.SANDBOX_NOTREADY
 
 
@@ -157,7 +157,8 @@ def sandbox_matches(s: Sandbox, f: pb.PodSandboxFilter) -> bool:
     return True
 
 
-def describe_event(rt: Runtime, kind: int, sandbox_id: str, container_id: str) -> pb.ContainerEventResponse:
+def describe_event(rt: Runtime, kind: pb.ContainerEventType, sandbox_id: str,
+                   container_id: str) -> pb.ContainerEventResponse:
     """The event with the pod's status and its containers' as they are now (a deleted pod has
     neither), as kubelet's evented PLEG reads them."""
     event = pb.ContainerEventResponse(container_id=container_id or sandbox_id, container_event_type=kind,

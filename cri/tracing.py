@@ -9,6 +9,8 @@ sends) gets its span in the caller's trace.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from opentelemetry import context, propagate, trace
 
@@ -42,11 +44,12 @@ def _attributes(request) -> dict:
         if value:
             out[name] = value
     image = getattr(request, "image", None)
-    if image is not None and getattr(image, "image", ""):
+    # cast: as the right of `and`, getattr gets a bool context and mypy picks its bool-default overload
+    if image is not None and cast(str, getattr(image, "image", "")):
         out["cri.image"] = image.image
     config = getattr(request, "config", None)
     metadata = getattr(config, "metadata", None)
-    if metadata is not None and getattr(metadata, "name", ""):
+    if metadata is not None and cast(str, getattr(metadata, "name", "")):
         out["cri.name"] = metadata.name
     return out
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
+from typing import cast
 
 from frames import channel
 from frames.framing import FrameReader, encode
@@ -26,7 +28,9 @@ async def _read_frame(sock: socket.socket) -> tuple[bytes, list[int]]:
             data, got = channel.recv(sock)
         except BlockingIOError:
             ready = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda ready=ready: ready.done() or ready.set_result(None))
+            # cast: mypy cannot infer a lambda with a default against add_reader's *args callback type
+            loop.add_reader(sock.fileno(),
+                            cast("Callable[[], object]", lambda ready=ready: ready.done() or ready.set_result(None)))
             try:
                 await ready
             finally:

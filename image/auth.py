@@ -328,14 +328,14 @@ class Authorizer:
             entry.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # Shielded: one waiter giving up must not cancel the fetch the others share.
-            token = await asyncio.shield(entry)
+            fetched: Token = await asyncio.shield(entry)
         except asyncio.CancelledError:
             raise
         except BaseException:
             if self._tokens.get(key) is entry:
                 del self._tokens[key]
             raise
-        return "Bearer " + token.value
+        return "Bearer " + fetched.value
 
 
 def _token_of(entry: asyncio.Future | None) -> Token | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -38,6 +38,16 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # 16 KiB of input can never cost more than 512 MiB, and ordinary data stays
 # near 64 KiB of output per call.
 _ZSTD_FEED = 16 << 10
+
+
+class _Source(Protocol):
+    """What _Guarded reads from: the blob file, a GzipFile or a _ZstdReader."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, b, /) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class LayerError(Exception):
@@ -78,13 +88,14 @@ def open_decompressed(path: str, media_type: str | None = None) -> BinaryIO:
         raise LayerError(f"cannot read layer blob {path}: {e.strerror}") from e
     kind = sniff(head)
     if kind == GZIP:
-        inner: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")
+        inner: _Source = gzip.GzipFile(fileobj=raw, mode="rb")
     elif kind == ZSTD:
         inner = _ZstdReader(raw)
     else:
         inner = raw
     declared = compression_of(media_type) if media_type else None
-    return _Guarded(inner, raw, path, kind, declared)
+    # A RawIOBase whose read() always returns bytes: the reader callers take it for.
+    return cast(BinaryIO, _Guarded(inner, raw, path, kind, declared))
 
 
 class _ZstdReader(io.RawIOBase):
@@ -97,7 +108,7 @@ class _ZstdReader(io.RawIOBase):
     def __init__(self, raw: BinaryIO):
         self._raw = raw
         self._dctx = zstandard.ZstdDecompressor()
-        self._frame = None  # decompressobj of the frame being read
+        self._frame: zstandard.ZstdDecompressionObj | None = None  # decompressobj of the frame being read
         self._out = b""
         self._at = 0
 
@@ -139,7 +150,7 @@ class _ZstdReader(io.RawIOBase):
 class _Guarded(io.RawIOBase):
     """Translates the codecs' errors into LayerError and closes the file under them."""
 
-    def __init__(self, inner: BinaryIO, raw: BinaryIO, path: str, kind: str, declared: str | None):
+    def __init__(self, inner: _Source, raw: BinaryIO, path: str, kind: str, declared: str | None):
         self._inner = inner
         self._raw = raw
         self.path = path

@@ -10,6 +10,7 @@ import json
 import platform as _platform
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -114,7 +115,7 @@ def detect_media_type(doc: dict, content_type: str | None) -> str:
     if header and body and header != body:
         raise ManifestError(f"registry says the manifest is {header} but its mediaType says {body}")
     if header or body:
-        return header or body
+        return header or cast(str, body)  # a non-empty str when the header is empty
     if doc.get("schemaVersion") == 1 or "fsLayers" in doc:
         return DOCKER_SCHEMA1
     if "manifests" in doc:
@@ -185,7 +186,7 @@ def _descriptor(d: object, where: str) -> Descriptor:
     plat = d.get("platform")
     return Descriptor(
         media_type,
-        digest,
+        cast(str, digest),  # check_digest refused anything but a str
         size,
         _platform_of(plat, where) if plat is not None else None,
         _annotations(d.get("annotations"), where),
@@ -331,6 +332,7 @@ def select_platform(index: Index, want: Platform) -> Descriptor:
     """
     ranked = compatible_platforms(want)
     best, best_rank = None, len(ranked) + 1
+    rank: int | None
     for desc in index.manifests:
         if desc.platform is None:
             rank = len(ranked)

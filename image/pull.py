@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
 
 from opentelemetry import trace
 
@@ -27,7 +28,7 @@ from image.manifest import (
 )
 from image.metadata import ImageRecord
 from image.reference import Reference
-from image.registry import Credentials, RegistryClient, Resolved
+from image.registry import Credentials, Resolved
 from image.snapshots import chain_ids
 from image.store import ImageStore
 from image.unpack import LayerError, unpack_layer
@@ -53,12 +54,24 @@ class PullWatch:
 watching: contextvars.ContextVar[PullWatch | None] = contextvars.ContextVar("watching", default=None)
 
 
+class ImageSource(Protocol):
+    """What a Puller pulls from: a RegistryClient, or an image archive's ArchiveSource for a load."""
+
+    async def resolve(self, ref: Reference, creds: Credentials | None = None) -> Resolved: ...
+
+    async def fetch_manifest(self, resolved: Resolved, digest: str, creds: Credentials | None = None) -> bytes: ...
+
+    async def fetch_blob(self, resolved: Resolved, digest: str, size: int, dest: str,
+                         creds: Credentials | None = None,
+                         progress: Callable[[int], None] | None = None) -> None: ...
+
+
 class Puller:
-    def __init__(self, store: ImageStore, client: RegistryClient, max_concurrent_downloads: int = 3):
+    def __init__(self, store: ImageStore, client: ImageSource, max_concurrent_downloads: int = 3):
         self._store = store
         self._client = client
         self._downloads = asyncio.Semaphore(max_concurrent_downloads)
-        self._shared: dict[str, asyncio.Future] = {}
+        self._shared: dict[str, _Shared] = {}
         # Digests and chain IDs that running pulls hold but no image records yet;
         # garbage collection must leave them alone. Counted: pulls may overlap.
         self._leases: Counter[str] = Counter()
@@ -162,7 +175,7 @@ class Puller:
             created=time.time(),
         )
         self._store.metadata.put_image(record, names, blobs)
-        return self._store.metadata.image(record.id)
+        return cast(ImageRecord, self._store.metadata.image(record.id))  # just put
 
     async def _once(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run work() for `key` unless it is already running, and wait for that run.

@@ -17,9 +17,9 @@ import re
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import httpx
 
@@ -143,9 +143,9 @@ def error_words(body: bytes, limit: int = 400) -> str:
         if parts:
             return _clip("; ".join(parts), limit)
     if isinstance(doc, dict):
-        words = [str(doc[k]) for k in ("error", "error_description", "details", "message") if doc.get(k)]
-        if words:
-            return _clip(": ".join(words), limit)
+        fields = [str(doc[k]) for k in ("error", "error_description", "details", "message") if doc.get(k)]
+        if fields:
+            return _clip(": ".join(fields), limit)
     return _clip(json.dumps(doc, separators=(",", ":")), limit)
 
 
@@ -425,7 +425,9 @@ class RegistryClient:
         failures: list[tuple[_Endpoint, RegistryError]] = []
         for i, ep in enumerate(endpoints):
             try:
-                return await self._retrying(lambda ep=ep: attempt(ep), self._tries if full_tries(ep) else 1)
+                # cast: mypy cannot infer a lambda whose parameter has a default against a no-argument type
+                return await self._retrying(cast("Callable[[], Awaitable[T]]", lambda ep=ep: attempt(ep)),
+                                            self._tries if full_tries(ep) else 1)
             except RegistryError as e:
                 if i == len(endpoints) - 1:
                     if failures:
@@ -479,11 +481,13 @@ class RegistryClient:
         try:
             return self._client(ep.tls)
         except (OSError, ssl.SSLError) as e:
-            raise job.error(f"cannot load ca_file {ep.tls.ca_file!r} for {ep.host}: {e}") from None
+            # ep.tls is None for a host without config, whose default context can fail too (SSL_CERT_FILE)
+            ca_file = ep.tls.ca_file if ep.tls is not None else None
+            raise job.error(f"cannot load ca_file {ca_file!r} for {ep.host}: {e}") from None
 
     async def _send(
         self, job: _Job, ep: _Endpoint, url: str, headers: dict[str, str], what: str,
-        method: str = "GET", content: Callable[[], object] | None = None,
+        method: str = "GET", content: Callable[[], bytes | AsyncIterable[bytes]] | None = None,
     ) -> httpx.Response:
         """`method` `url` with auth; a streaming 2xx/3xx response, or a RegistryError. A body
         comes from content(), called again if the request must be sent again with a token."""
@@ -730,7 +734,7 @@ def _cause(e: BaseException) -> str:
     # attempts failed"; the innermost error says refused, unreachable or timed out.
     inner, seen = e, 0
     while (inner.__cause__ or inner.__context__) is not None and seen < 8:
-        inner, seen = inner.__cause__ or inner.__context__, seen + 1
+        inner, seen = cast(BaseException, inner.__cause__ or inner.__context__), seen + 1  # not None: the loop test
     if inner is not e and str(inner) and str(inner) not in text:
         text += f" ({inner})"
     return text

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from typing import cast
 
 from image.metadata import Metadata, SnapshotRecord
 
@@ -46,7 +47,7 @@ class Snapshotter:
             os.rename(new_dir, os.path.join(self.root, str(sid)))
 
         self._md.add_snapshot(chain_id, parent, diff_id, size, inodes, place)
-        return self._md.snapshot(chain_id)
+        return cast(SnapshotRecord, self._md.snapshot(chain_id))  # just added
 
     def discard(self, new_dir: str) -> None:
         shutil.rmtree(new_dir, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Set
 
 from image.content import ContentStore
 from image.metadata import ImageRecord, Metadata
@@ -84,7 +85,7 @@ class ImageStore:
         self.metadata.remove_image(rec.id)
         return True
 
-    def collect_garbage(self, in_flight: set[str] = frozenset()) -> None:
+    def collect_garbage(self, in_flight: Set[str] = frozenset()) -> None:
         """Delete blobs and snapshots that no image references.
 
         `in_flight` holds digests and chain IDs that a running pull is still

@@ -99,7 +99,8 @@ def _entries(stream: _TarStream):
     """
     if not stream.peek(_BLOCK):
         return  # an empty blob is an empty layer to Go's archive/tar too
-    archive = tarfile.open(fileobj=stream, mode="r:", errors="surrogateescape")
+    # typeshed's _Fileobj also wants write() and close(), which reading never calls.
+    archive = tarfile.open(fileobj=stream, mode="r:", errors="surrogateescape")  # type: ignore[call-overload]
     member = archive.next()
     while member is not None:
         yield archive, member

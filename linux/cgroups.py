@@ -13,6 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 # v1 controllers Cricket places containers under (hugetlb and systemd's named
@@ -32,7 +33,7 @@ class CgroupError(OSError):
 
 
 class CgroupNotFound(CgroupError):
-    pass
+    path: str  # set by _read on the error it raises for a missing file
 
 
 @dataclass
@@ -393,7 +394,7 @@ class Cgroup:
                 pass  # the cgroup went away meanwhile, or cannot freeze: signal what is there
         try:
             # The list of the hierarchy that was frozen, so it is the one that holds still.
-            procs = os.path.join(os.path.dirname(freezer), "cgroup.procs") if frozen else None
+            procs = os.path.join(os.path.dirname(cast(str, freezer)), "cgroup.procs") if frozen else None
             for pid in self._procs(procs):
                 try:
                     os.kill(pid, sig)
@@ -402,7 +403,7 @@ class Cgroup:
         finally:
             if frozen:
                 try:
-                    _write(freezer, "THAWED")  # a frozen task acts on no signal, not even SIGKILL
+                    _write(cast(str, freezer), "THAWED")  # a frozen task acts on no signal, not even SIGKILL
                 except CgroupNotFound:
                     pass
 
@@ -458,19 +459,20 @@ class Cgroup:
         return s
 
     def _stats_v2(self) -> CgroupStats:
+        # On v2 every controller's file is under CGROUP_ROOT: _file never returns None.
         s = CgroupStats()
-        s.cpu_usage_ns = parse_flat_keyed(_read(self._file("cpu", "cpu.stat"))).get("usage_usec", 0) * 1000
-        mem = parse_flat_keyed(_read(self._file("memory", "memory.stat")))
-        s.memory_usage = int(_read(self._file("memory", "memory.current")))
+        s.cpu_usage_ns = parse_flat_keyed(_read(cast(str, self._file("cpu", "cpu.stat")))).get("usage_usec", 0) * 1000
+        mem = parse_flat_keyed(_read(cast(str, self._file("memory", "memory.stat"))))
+        s.memory_usage = int(_read(cast(str, self._file("memory", "memory.current"))))
         s.memory_working_set = max(0, s.memory_usage - mem.get("inactive_file", 0))
         s.memory_rss = mem.get("anon", 0)
         s.memory_cache = mem.get("file", 0)
         s.page_faults = mem.get("pgfault", 0)
         s.major_page_faults = mem.get("pgmajfault", 0)
-        limit = _read(self._file("memory", "memory.max")).strip()
+        limit = _read(cast(str, self._file("memory", "memory.max"))).strip()
         s.memory_limit = None if limit == "max" else int(limit)
-        s.oom_kills = parse_flat_keyed(_read(self._file("memory", "memory.events"))).get("oom_kill", 0)
-        s.pids_current = int(_read(self._file("pids", "pids.current")))
+        s.oom_kills = parse_flat_keyed(_read(cast(str, self._file("memory", "memory.events")))).get("oom_kill", 0)
+        s.pids_current = int(_read(cast(str, self._file("pids", "pids.current"))))
         return s
 
     # -- limits ---------------------------------------------------------------------

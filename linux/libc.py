@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Set
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -182,7 +183,7 @@ def last_cap() -> int:
         return int(f.read())
 
 
-def close_range(first: int, keep: set[int] = frozenset()) -> None:
+def close_range(first: int, keep: Set[int] = frozenset()) -> None:
     """Close every descriptor from `first` up, except those in `keep`."""
     top = os.sysconf("SC_OPEN_MAX")
     start = first

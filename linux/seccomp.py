@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from typing import Any, cast
 
 from linux import libc
 
@@ -128,7 +129,7 @@ def _conditions(args, where: str) -> list[tuple[int, int, int, int]]:
         for field, v in (("value", value), ("valueTwo", value_two)):
             if not _is_uint(v, _U64):
                 raise _bad(f"{at}: {field} {v!r} is not an unsigned 64-bit number")
-        out.append((index, OPS[op], value, value_two))
+        out.append((cast(int, index), OPS[op], value, value_two))  # _is_uint checked it
     return out
 
 
@@ -182,6 +183,7 @@ def _binding():
         return _lib
     import ctypes
 
+    lib: Any  # a CDLL that also carries ArgCmp, an attribute CDLL's stub does not know
     try:
         lib = ctypes.CDLL("libseccomp.so.2")
     except OSError as e:

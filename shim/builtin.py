@@ -310,6 +310,7 @@ def _become_session_leader(stdio: Stdio) -> None:
 
 
 def _install_stdio(stdio: Stdio, keep: set[int]) -> None:
+    targets: tuple[int | None, ...]
     if stdio.terminal is not None:
         targets = (stdio.terminal,) * 3
     else:

@@ -94,6 +94,7 @@ class OciRuntimeExecutor:
                 proc = subprocess.Popen([self.runtime, "--root", self.root, "--log", self._log, "--log-format",
                                          "json", *args[:1], "--console-socket", path, *args[1:]],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                assert proc.stderr is not None  # stderr=PIPE
                 try:
                     master = self._receive_console(sock)
                 except (OSError, ExecutorError) as e:

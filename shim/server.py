@@ -81,7 +81,7 @@ class Shim:
         self.create_error = ""
         self.start_error = ""
         self.held: Held | None = None
-        self.executor: Executor | None = None
+        self.executor: Executor  # made by _create, before the shim serves
         self.outputs: list[Output] = []
         self.stdin_w: int | None = None
         self.stdin_relays: list[StdinRelay] = []
@@ -388,6 +388,7 @@ class Shim:
     def watch_stdin(self, on_writable) -> None:
         """Call on_writable when the container's stdin has room (None: stop watching)."""
         if self._stdin_watched:
+            assert self.stdin_w is not None  # close_stdin has its relays stop watching first
             self.sel.unregister(self.stdin_w)
             self._stdin_watched = False
         if on_writable is not None and self.stdin_w is not None:
@@ -439,6 +440,7 @@ class Shim:
             self.state.reason = "StartError"
             self.state.message = self.start_error
         else:
+            assert self.init_status is not None  # _reap sets it before calling this
             self.state.exit_code = self.init_status
             if self._oom_killed():
                 self.state.reason = "OOMKilled"

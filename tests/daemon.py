@@ -102,15 +102,19 @@ class Cricketd:
 
     def pull(self, image: str, auth: pb.AuthConfig | None = None, timeout: float = 120) -> str:
         req = pb.PullImageRequest(image=pb.ImageSpec(image=image), auth=auth)
+        assert self.images is not None  # start() first
         return self.images.PullImage(req, timeout=timeout).image_ref
 
     def status(self, image: str, verbose: bool = False) -> pb.ImageStatusResponse:
+        assert self.images is not None  # start() first
         return self.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=image), verbose=verbose))
 
     def list(self) -> list[pb.Image]:
+        assert self.images is not None  # start() first
         return list(self.images.ListImages(pb.ListImagesRequest()).images)
 
     def remove(self, image: str) -> None:
+        assert self.images is not None  # start() first
         self.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image)))
 
 

@@ -144,7 +144,7 @@ def _make_pod_side(ifname: str, host_ns_fd: int, mtu: int | None, ips: list[dict
 def _routes_for(ips: list[dict], routes: list[dict], default_gateway: bool) -> list[tuple[str, str | None]]:
     """(destination, gateway) of each route the pod gets: the IPAM's, plus the default route via
     the gateway with isDefaultGateway; a route without a gateway goes via its family's."""
-    gateways = {}
+    gateways: dict[bool, str] = {}  # is IPv6 -> gateway
     for entry in ips:
         if entry.get("gateway"):
             gateways.setdefault(":" in entry["gateway"], entry["gateway"])

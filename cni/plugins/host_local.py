@@ -13,6 +13,7 @@ import fcntl
 import ipaddress
 import os
 from contextlib import contextmanager
+from typing import Any, cast
 
 from cni.invoke import Env
 from cni.spec import INVALID_CONFIG, CniError
@@ -36,7 +37,8 @@ class _Range:
         for addr, what in ((self.start, "rangeStart"), (self.end, "rangeEnd"), (self.gateway, "gateway")):
             if addr not in self.subnet:
                 raise CniError(INVALID_CONFIG, f"host-local: {what} {addr} is outside {self.subnet}")
-        if self.start > self.end:
+        # Both are in self.subnet, so of one IP version: comparable.
+        if cast(Any, self.start) > self.end:
             raise CniError(INVALID_CONFIG, f"host-local: rangeStart {self.start} is after rangeEnd {self.end}")
 
     def _host_bounds(self):
@@ -163,7 +165,8 @@ def add(conf: dict, env: Env) -> dict:
                 raise CniError(NO_ADDRESSES, f"host-local: no IP addresses available in range set {subnets}")
             addr, r = found
             ips.append({"address": f"{addr}/{r.subnet.prefixlen}", "gateway": str(r.gateway)})
-    result = {"cniVersion": "1.0.0", "ips": ips, "routes": [dict(rt) for rt in ipam.get("routes") or ()]}
+    result: dict[str, Any] = {"cniVersion": "1.0.0", "ips": ips,
+                              "routes": [dict(rt) for rt in ipam.get("routes") or ()]}
     if ipam.get("resolvConf"):
         result["dns"] = _dns_from(ipam["resolvConf"])
     return result

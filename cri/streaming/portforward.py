@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import struct
+from typing import Any
 
 from cri.streaming.spdy_session import SpdySession, SpdyStream
 from cri.streaming.websocket import ChannelSocket
@@ -133,8 +134,8 @@ async def serve_websocket(sock: ChannelSocket, netns: str, sandbox_id: str, port
         await sock.write(2 * i + 1, struct.pack("<H", port))
     tasks = [asyncio.create_task(_forward_ws(sock, i, port, netns, sandbox_id)) for i, port in enumerate(ports)]
     try:
-        await asyncio.wait([asyncio.create_task(sock.closed.wait()), asyncio.gather(*tasks)],
-                           return_when=asyncio.FIRST_COMPLETED)
+        waited: list[asyncio.Future[Any]] = [asyncio.create_task(sock.closed.wait()), asyncio.gather(*tasks)]
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()

@@ -81,6 +81,7 @@ class StreamingServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # asyncio.start_server runs each connection as a task
         self._connections.add(task)  # so that stop() ends it
         task.add_done_callback(self._connections.discard)
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADERS)
@@ -108,7 +109,7 @@ class StreamingServer:
         if not isinstance(cached, KINDS[kind]):
             raise HttpRefusal(404, f"{kind} token {token!r} is unknown, used already or expired "
                                    "(a token is good for one connection within a minute)")
-        headers = {}
+        headers: dict[str, list[str]] = {}
         for name, value in request.headers:
             headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
         upgrade = ",".join(headers.get("upgrade", [])).lower()

@@ -35,9 +35,9 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 VERSION = 3
 
@@ -172,6 +172,7 @@ class StreamClosedError(LocalProtocolError):
 
 HeaderPairs = tuple[tuple[str, str], ...]
 HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]]
+_SettingsEntries = tuple[tuple[int, int, int], ...]
 
 
 def normalize_headers(headers: HeadersArg) -> HeaderPairs:
@@ -186,6 +187,7 @@ def normalize_headers(headers: HeadersArg) -> HeaderPairs:
 
 class _WithHeaders:
     __slots__ = ()
+    headers: HeaderPairs  # a field of each subclass
 
     def __post_init__(self):
         # Frozen dataclasses need object.__setattr__; normalising here makes frames built
@@ -242,7 +244,7 @@ class RstStream:
 @dataclass(frozen=True, slots=True)
 class Settings:
     """SETTINGS; `entries` are (id, value, flags) triples, or a {id: value} mapping."""
-    entries: tuple[tuple[int, int, int], ...] = ()
+    entries: _SettingsEntries = ()
     clear: bool = False
 
     def __post_init__(self):
@@ -574,7 +576,7 @@ class FrameParser:
         return WindowUpdate(stream_id & 0x7FFFFFFF, delta & 0x7FFFFFFF)
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[FrameParser, int, bytes], Frame]] = {
     TYPE_SYN_STREAM: FrameParser._syn_stream,
     TYPE_SYN_REPLY: FrameParser._syn_reply,
     TYPE_RST_STREAM: FrameParser._rst_stream,
@@ -652,7 +654,8 @@ class Connection:
         self.goaway_sent = False
         self.goaway_received = False
         if initial_window_size != DEFAULT_WINDOW_SIZE:
-            self._queue(Settings({SettingsId.INITIAL_WINDOW_SIZE: initial_window_size}))
+            # Settings.__post_init__ turns a {id: value} mapping into (id, value, flags) triples.
+            self._queue(Settings(cast(_SettingsEntries, {SettingsId.INITIAL_WINDOW_SIZE: initial_window_size})))
         if initial_window_size > DEFAULT_WINDOW_SIZE:
             # A session window smaller than one stream's would make the bigger stream
             # window pointless, so the session grows with it.
@@ -677,7 +680,8 @@ class Connection:
         if stream_id > MAX_STREAM_ID:
             raise LocalProtocolError("stream ids are used up; open a new connection")
         self._next_stream_id += 2
-        self._queue(SynStream(stream_id, associated_id, priority, headers, fin, unidirectional))
+        # __post_init__ normalises the headers into HeaderPairs
+        self._queue(SynStream(stream_id, associated_id, priority, cast(HeaderPairs, headers), fin, unidirectional))
         stream = _Stream(stream_id, True, self._peer_initial_window, self._local_initial_window)
         stream.local_closed = fin
         stream.remote_closed = unidirectional
@@ -693,7 +697,7 @@ class Connection:
         if stream.replied:
             raise LocalProtocolError(f"stream {stream_id} already has a SYN_REPLY")
         stream.replied = True
-        self._queue(SynReply(stream_id, headers, fin))
+        self._queue(SynReply(stream_id, cast(HeaderPairs, headers), fin))  # normalised by __post_init__
         if fin:
             stream.local_closed = True
             self._forget_if_done(stream)
@@ -706,7 +710,7 @@ class Connection:
         if fin and stream.pending:
             raise LocalProtocolError(f"stream {stream_id} still has data waiting for window; "
                                      "end it with send_data(..., fin=True)")
-        self._queue(Headers(stream_id, headers, fin))
+        self._queue(Headers(stream_id, cast(HeaderPairs, headers), fin))  # normalised by __post_init__
         if fin:
             stream.local_closed = True
             self._forget_if_done(stream)
@@ -785,7 +789,7 @@ class Connection:
 
     def send_settings(self, settings: Mapping[int, int], clear: bool = False) -> None:
         """Send SETTINGS; a new INITIAL_WINDOW_SIZE also resizes open streams' windows."""
-        frame = Settings(settings, clear)
+        frame = Settings(cast(_SettingsEntries, settings), clear)  # __post_init__ takes a mapping too
         new_window = frame.get(SettingsId.INITIAL_WINDOW_SIZE)
         if new_window is not None:
             if not 1 <= new_window <= MAX_WINDOW_SIZE:

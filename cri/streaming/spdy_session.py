@@ -89,6 +89,7 @@ class SpdySession:
             self._ended()
 
     def _on_event(self, event) -> None:
+        stream: SpdyStream | None
         if isinstance(event, spdy.SynStream):
             stream = SpdyStream(self, event.stream_id, {k.lower(): v for k, v in event.headers})
             self.streams[event.stream_id] = stream
@@ -142,7 +143,7 @@ class SpdySession:
             except (ConnectionError, OSError):
                 pass
 
-    async def next_stream(self, timeout: float) -> SpdyStream | None:
+    async def next_stream(self, timeout: float | None) -> SpdyStream | None:
         """The next stream the client opens; None if the session ends or none comes in time."""
         try:
             return await asyncio.wait_for(self.opened.get(), timeout)

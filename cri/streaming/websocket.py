@@ -33,7 +33,8 @@ class ChannelSocket:
         self.writer = writer
         self.subprotocol = subprotocol
         self.ws = WSConnection(ConnectionType.SERVER)
-        self.ws.initiate_upgrade_connection(request.headers, request.target)
+        # wsproto annotates a list of pairs, but only hands them to h11.Request, which takes its Headers.
+        self.ws.initiate_upgrade_connection(request.headers, request.target)  # type: ignore[arg-type]
         self._already_read = already_read
         self._inbound: dict[int, asyncio.Queue[bytes]] = {}
         self._partial = b""

@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import time
+from typing import Any
 
 from api.runtime.v1 import api_pb2 as pb
 from api.shim.v1 import shim_pb2 as shim_pb
@@ -171,7 +172,7 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
         for m in all_mounts:
             if m["type"] in ("sysfs", "cgroup"):
                 m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
-    spec = {
+    spec: dict[str, Any] = {
         "ociVersion": oci_spec.OCI_VERSION,
         "process": process,
         "root": {"path": "rootfs", "readonly": ctx.readonly_rootfs},

@@ -25,7 +25,7 @@ BASE_LABELS = ("id", "name")
 class Descriptor:
     name: str
     help: str
-    kind: int  # pb.COUNTER or pb.GAUGE
+    kind: pb.MetricType  # pb.COUNTER or pb.GAUGE
     extra_labels: tuple[str, ...] = ()
 
     def to_cri(self) -> pb.MetricDescriptor:
