@@ -242,10 +242,12 @@ def test_pod_stats_count_the_pods_traffic(pods, network, busybox):
     assert eth0.name == "eth0" and eth0.rx_bytes.value > 0 and eth0.tx_bytes.value > 0
 
 
-def run_plugin(bin_dir: str, kind: str, command: str, conf: dict, netns: str = "") -> dict:
+def run_plugin(bin_dir: str, kind: str, command: str, conf: dict, netns: str = "", within: str = "") -> dict:
+    """Execute a plugin as a runtime would; `within`: from inside that network namespace."""
     env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": "exec-test",
            "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": bin_dir}
-    out = subprocess.run([os.path.join(bin_dir, kind)], input=json.dumps(conf), env=env,
+    prefix = ["nsenter", f"--net={within}"] if within else []
+    out = subprocess.run([*prefix, os.path.join(bin_dir, kind)], input=json.dumps(conf), env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout) if out.stdout.strip() else {}
@@ -269,6 +271,27 @@ def test_plugins_are_cni_executables_any_runtime_can_run(network):
         assert network.allocations() == [] and network.veths() == []
     finally:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
+def test_bridge_works_from_a_node_that_is_a_network_namespace_of_its_own(network):
+    """As on a kind-style node: the runtime, and so the plugins, run in a namespace that is not
+    the one /sys was mounted for. The bridge and hairpin mode must be set up there all the same."""
+    conf = {"cniVersion": "1.0.0", "name": network.name, **network.conflist()["plugins"][0]}
+    node, pod = "crknode" + secrets.token_hex(3), "crkpod" + secrets.token_hex(3)
+    for ns in (node, pod):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        result = run_plugin(network.bin_dir, "bridge", "ADD", conf, f"/run/netns/{pod}", within=f"/run/netns/{node}")
+        veth = result["interfaces"][1]["name"]
+        shown = subprocess.run(["ip", "-n", node, "-d", "link", "show", veth], capture_output=True, text=True)
+        assert f"master {network.bridge}" in shown.stdout and "hairpin on" in shown.stdout, shown.stdout
+        assert not os.path.exists(f"/sys/class/net/{network.bridge}")  # nothing of it on the host
+        run_plugin(network.bin_dir, "bridge", "DEL", {**conf, "prevResult": result}, f"/run/netns/{pod}",
+                   within=f"/run/netns/{node}")
+        assert network.allocations() == []
+    finally:
+        for ns in (pod, node):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 # -- the same network through the reference plugins -------------------------------------------

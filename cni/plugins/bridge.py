@@ -208,10 +208,11 @@ def add(conf: dict, env: Env) -> dict:
                 os.close(host_ns)
             host_index = ip.link_lookup(ifname=host)[0]
             ip.link("set", index=host_index, master=bridge, state="up")
+            if cfg["hairpin"]:
+                # By netlink, not /sys/class/net: sysfs lists the links of the namespace that
+                # mounted it, which is not this one when the node is a namespace of its own.
+                ip.brport("set", index=host_index, mode=1)
             bridge_mac, host_mac = _mac(ip, bridge), _mac(ip, host_index)
-        if cfg["hairpin"]:
-            with open(f"/sys/class/net/{host}/brport/hairpin_mode", "w") as f:
-                f.write("1")
         if cfg["gateway"]:
             _enable_forwarding(ips)
         if cfg["masq"]:
