@@ -31,11 +31,23 @@ def image_ref(rt: Runtime, c: Container) -> str:
     return c.rec.image_id
 
 
+def image_spec(rt: Runtime, c: Container, config: pb.ContainerConfig) -> pb.ImageSpec:
+    """The image a container runs, named as its user knows it. kubelet creates containers from
+    the image's ID and shows this name in the pod's status: the name the pod spec gave
+    (user_specified_image), else the image's first tag (as containerd answers), else its ID."""
+    name = config.image.user_specified_image
+    if not name:
+        image = rt.images.metadata.image(c.rec.image_id)
+        name = image.repo_tags[0] if image is not None and image.repo_tags else c.rec.image_name
+    return pb.ImageSpec(image=name, user_specified_image=config.image.user_specified_image,
+                        runtime_handler=config.image.runtime_handler)
+
+
 def to_cri_container(rt: Runtime, c: Container) -> pb.Container:
     config = pb.ContainerConfig.FromString(c.rec.config)
     return pb.Container(
         id=c.id, pod_sandbox_id=c.rec.sandbox_id, metadata=config.metadata,
-        image=pb.ImageSpec(image=c.rec.image_name), image_ref=image_ref(rt, c), image_id=c.rec.image_id,
+        image=image_spec(rt, c, config), image_ref=image_ref(rt, c), image_id=c.rec.image_id,
         state=container_state(c), created_at=c.rec.created_at, labels=config.labels, annotations=config.annotations,
     )
 
@@ -48,7 +60,7 @@ def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerSt
     status = pb.ContainerStatus(
         id=rec.id, metadata=config.metadata, state=container_state(c), created_at=rec.created_at,
         started_at=rec.started_at, finished_at=rec.finished_at, exit_code=rec.exit_code,
-        image=pb.ImageSpec(image=rec.image_name), image_ref=image_ref(rt, c), image_id=rec.image_id,
+        image=image_spec(rt, c, config), image_ref=image_ref(rt, c), image_id=rec.image_id,
         reason=rec.reason, message=rec.message, labels=config.labels, annotations=config.annotations,
         mounts=config.mounts, log_path=rec.log_path,
     )

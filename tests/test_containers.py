@@ -292,6 +292,23 @@ def test_container_status_verbose_and_list_filters(pods, busybox):
     assert listed(id=cid[:12]) == {cid}
 
 
+def test_status_names_the_image_as_the_user_did(pods, busybox):
+    """kubelet creates containers from the image's ID and shows ContainerStatus's image in the pod's
+    status: that must be the name the pod spec gave, else a tag of the image, never the bare ID."""
+    pod = pods.run_pod()
+    image_id = pods.d.status(busybox).image.id
+    by_id = pods.container_config(image_id, ["true"], name="by-id")
+    as_typed = pods.container_config(image_id, ["true"], name="as-typed")
+    as_typed.image.user_specified_image = "busybox-as-typed"
+    cids = {pods.create(pod, config): config for config in (by_id, as_typed)}
+    shown = {cid: pods.status(cid).status.image.image for cid in cids}
+    listed = {c.id: c.image.image for c in pods.rt.ListContainers(pb.ListContainersRequest()).containers}
+    for cid, config in cids.items():
+        want = "busybox-as-typed" if config is as_typed else busybox
+        assert shown[cid] == listed[cid] == want
+        assert pods.status(cid).status.image_id == image_id
+
+
 # -- exec --------------------------------------------------------------------------------
 
 
