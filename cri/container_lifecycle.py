@@ -10,6 +10,7 @@ import shutil
 import signal
 
 from api.runtime.v1 import api_pb2 as pb
+from cri import image_mounts
 from cri.errors import (
     RuntimeFailure,
 )
@@ -116,6 +117,7 @@ async def release_container(rt: Runtime, c: Container) -> None:
     rootfs = rt.layout.rootfs(rec.id)
     if os.path.ismount(rootfs):
         libc.umount(rootfs, libc.MNT_DETACH)
+    image_mounts.release(rt.layout, rec.id)  # before the bundle they are mounted in goes
     shutil.rmtree(rt.layout.bundle(rec.id), ignore_errors=True)
     await asyncio.to_thread(shutil.rmtree, rt.layout.container_dir(rec.id), True)
 

@@ -46,6 +46,10 @@ class Layout:
     def rootfs(self, container_id: str) -> str:
         return os.path.join(self.bundle(container_id), "rootfs")
 
+    def image_mounts(self, container_id: str) -> str:
+        """Where the images a container mounts (Mount.image) are mounted, one directory each."""
+        return os.path.join(self.bundle(container_id), "image-mounts")
+
     def shim_socket(self, container_id: str) -> str:
         return os.path.join(self.bundle(container_id), "shim.sock")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Mapping
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
@@ -60,6 +61,8 @@ def device_rules(privileged: bool) -> list[dict]:
         return [{"allow": True, "access": "rwm"}]
     return [dict(rule) for rule in _DEVICE_RULES]
 
+
+_NONE: Mapping[str, str] = {}
 
 _PROPAGATION = {
     pb.PROPAGATION_PRIVATE: "rprivate",
@@ -206,11 +209,14 @@ def _depth(path: str) -> int:
     return len([p for p in posixpath.normpath(path).split("/") if p])
 
 
-def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: list[tuple[str, str]]) -> list[dict]:
+def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: list[tuple[str, str]],
+           image_sources: Mapping[str, str] = _NONE) -> list[dict]:
     """Default mounts, then the CRI's and the sandbox's, shallow before deep so none hides another.
 
     A CRI mount wins over a sandbox file or volume at the same place, and over
-    a default one; a CRI mount of /dev replaces everything under /dev.
+    a default one; a CRI mount of /dev replaces everything under /dev. A mount
+    of an image (Mount.image) binds what `image_sources` has mounted for its
+    container path (cri/image_mounts.py).
     """
     cri = list(config.mounts)
     taken = {posixpath.normpath(m.container_path) for m in cri}
@@ -220,6 +226,12 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
     for m in cri + extra:
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
+        if m.image.image:
+            # Read-only, and private: an image's filesystem never changes, so there is nothing
+            # to propagate. Its source is resolved already, inside the image.
+            binds.append({"destination": m.container_path, "type": "bind",
+                          "source": image_sources[m.container_path], "options": ["rbind", "rprivate", "ro"]})
+            continue
         if not m.host_path:
             raise InvalidArgument(f"mount of {m.container_path} has no host_path")
         if not os.path.exists(m.host_path):

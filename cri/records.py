@@ -71,6 +71,9 @@ class ContainerRecord:
     chain_id: str  # the image snapshot the rootfs stacks on: kept from image GC while we exist
     log_path: str
     created_at: int
+    # The images mounted into it (Mount.image), each {"container_path", "image_id", "chain_id"}:
+    # their snapshots are kept from image GC while we exist, as the rootfs's are.
+    image_mounts: list[dict] = field(default_factory=list)
     spec: dict = field(default_factory=dict)  # the OCI runtime spec
     state: str = CREATED
     started_at: int = 0

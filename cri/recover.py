@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 
+from cri import image_mounts
 from cri.records import CREATED, RUNNING, SANDBOX_NOTREADY, SANDBOX_READY, SandboxRecord
 from cri.runtime import Runtime, Sandbox, alive
 from linux import libc, namespaces
@@ -52,6 +53,7 @@ def _sweep(rt: Runtime) -> None:
             rootfs = layout.rootfs(name)
             if os.path.ismount(rootfs):
                 libc.umount(rootfs, libc.MNT_DETACH)
+            image_mounts.release(layout, name)
             shutil.rmtree(layout.bundle(name), ignore_errors=True)
             log.info("removed leftover container state %s", name)
     for name in os.listdir(layout.containers_root):

@@ -118,8 +118,13 @@ class Runtime:
         return [c for c in self.containers.values() if c.rec.sandbox_id == sandbox_id]
 
     def chain_ids_in_use(self) -> set[str]:
-        """Image snapshots that containers stack on: image GC must keep them."""
-        return {c.rec.chain_id for c in self.containers.values() if c.rec.chain_id}
+        """Image snapshots that containers stack on or have mounted: image GC must keep them."""
+        out = set()
+        for c in self.containers.values():
+            out.add(c.rec.chain_id)
+            out.update(m["chain_id"] for m in c.rec.image_mounts)
+        out.discard("")  # an image without layers
+        return out
 
     def collect_image_garbage(self) -> None:
         self.images.collect_garbage(self.pull_leases() | self.chain_ids_in_use())

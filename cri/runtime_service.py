@@ -79,6 +79,9 @@ class RuntimeService(
                     recursive_read_only_mounts=False, user_namespaces=False))
                 for name in ["", BUILTIN_HANDLER, *self.rt.handlers]
             ],
+            # Strict and Merge are both honoured (cri/oci_spec.py resolve_user); kubelet refuses
+            # a pod that asks for Strict from a runtime that does not say so.
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     @handle_errors

@@ -8,6 +8,7 @@ import time
 from google.protobuf import json_format
 
 from api.runtime.v1 import api_pb2 as pb
+from cri import image_mounts
 from cri.errors import NotFound
 from cri.records import CREATED, EXITED, RUNNING, SANDBOX_READY
 from cri.runtime import Container, Runtime, Sandbox
@@ -57,6 +58,7 @@ def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerSt
         rt.observe_exit(c)
     rec = c.rec
     config = pb.ContainerConfig.FromString(rec.config)
+    image_mounts.report(rec.image_mounts, config.mounts)
     status = pb.ContainerStatus(
         id=rec.id, metadata=config.metadata, state=container_state(c), created_at=rec.created_at,
         started_at=rec.started_at, finished_at=rec.finished_at, exit_code=rec.exit_code,

@@ -18,6 +18,7 @@ from image.snapshots import Snapshotter
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^[0-9a-f]+$")
+_ID_LENGTH = 64  # hex digits of a sha256 image ID
 # Shortest ID prefix accepted in place of a name, as `crictl images` prints 13 characters.
 _MIN_ID_PREFIX = 4
 # A partial download is kept this long so a pull retried after a crash resumes it.
@@ -54,7 +55,9 @@ class ImageStore:
                 return found[0], None
             if len(found) > 1:
                 raise ImageNotFound(f"image ID prefix {spec!r} is ambiguous: it matches {len(found)} images")
-            if spec.startswith("sha256:"):
+            # A whole ID can only be an ID (the reference grammar refuses 64 hex digits as a
+            # name), so one that matches nothing is a missing image, not a malformed name.
+            if spec.startswith("sha256:") or len(ident) == _ID_LENGTH:
                 raise ImageNotFound(f"no image with ID {spec}")
         name = str(parse_reference(spec))
         rec = self.metadata.image_by_name(name)

@@ -11,7 +11,7 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import cast
 
@@ -50,6 +50,39 @@ class CgroupStats:
     pids_current: int = 0
     memory_limit: int | None = None
     oom_kills: int = 0
+
+
+@dataclass
+class IoCounters:
+    """One block device's I/O by a cgroup: bytes and completed requests."""
+    read_bytes: int = 0
+    write_bytes: int = 0
+    reads: int = 0
+    writes: int = 0
+
+
+@dataclass
+class CgroupMetrics:
+    """What cadvisor's container metrics read beyond CgroupStats. A figure this kernel does not
+    keep (memory.peak before 5.19, kernel memory on v1 without kmem accounting) is 0, as cadvisor
+    reports it. Times in nanoseconds; io by device, "major:minor"."""
+    cpu_user_ns: int = 0
+    cpu_system_ns: int = 0
+    cfs_periods: int = 0
+    cfs_throttled_periods: int = 0
+    cfs_throttled_ns: int = 0
+    memory_failcnt: int = 0
+    memory_kernel: int = 0
+    memory_mapped_file: int = 0
+    memory_max_usage: int = 0
+    memory_swap: int = 0
+    pgfault: int = 0  # the cgroup's own ...
+    pgmajfault: int = 0
+    hierarchy_pgfault: int = 0  # ... and with the cgroups under it
+    hierarchy_pgmajfault: int = 0
+    threads: int = 0
+    threads_max: int = 0  # 0: no limit, as cadvisor says it
+    io: dict[str, IoCounters] = field(default_factory=dict)
 
 
 # -- discovery ---------------------------------------------------------------------------
@@ -191,6 +224,36 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
         if value.strip().lstrip("-").isdigit():
             out[key] = int(value)
     return out
+
+
+def parse_v2_io_stat(text: str) -> dict[str, IoCounters]:
+    """cgroup v2 io.stat ("8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0") by device."""
+    out = {}
+    for line in text.splitlines():
+        device, *pairs = line.split()
+        values = dict(p.split("=", 1) for p in pairs if "=" in p)
+        out[device] = IoCounters(*(int(values.get(k, 0)) for k in ("rbytes", "wbytes", "rios", "wios")))
+    return out
+
+
+def parse_v1_blkio(service_bytes: str, serviced: str) -> dict[str, IoCounters]:
+    """cgroup v1 blkio "io_service_bytes" and "io_serviced" files ("8:0 Read 4096" lines, and a
+    "Total" line that names no device) by device."""
+    out: dict[str, IoCounters] = {}
+    for text, (read, write) in ((service_bytes, ("read_bytes", "write_bytes")), (serviced, ("reads", "writes"))):
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) != 3 or parts[1] not in ("Read", "Write"):
+                continue
+            counters = out.setdefault(parts[0], IoCounters())
+            setattr(counters, read if parts[1] == "Read" else write, int(parts[2]))
+    return out
+
+
+# v1 blkio files by I/O scheduler, in the order libcontainer tries them: BFQ's, CFQ's (kernels
+# before 5.0), then the throttling layer's, which counts I/O under any scheduler.
+_V1_BLKIO = tuple((f"blkio.{kind}io_service_bytes_recursive", f"blkio.{kind}io_serviced_recursive")
+                  for kind in ("bfq.", "", "throttle."))
 
 
 def _read(path: str) -> str:
@@ -474,6 +537,72 @@ class Cgroup:
         s.oom_kills = parse_flat_keyed(_read(cast(str, self._file("memory", "memory.events")))).get("oom_kill", 0)
         s.pids_current = int(_read(cast(str, self._file("pids", "pids.current"))))
         return s
+
+    def metrics(self) -> CgroupMetrics:
+        """The figures of CgroupMetrics, from whichever files this kernel offers.
+        CgroupNotFound when the cgroup does not exist."""
+        if not self.exists():
+            raise CgroupNotFound(errno.ENOENT, f"cgroup {self.path} does not exist")
+        return self._metrics_v2() if mode() == "v2" else self._metrics_v1()
+
+    def _optional(self, controller: str, name: str) -> str:
+        path = self._file(controller, name)
+        try:
+            return _read(path) if path else ""
+        except CgroupNotFound:
+            return ""
+
+    def _optional_int(self, controller: str, name: str) -> int:
+        text = self._optional(controller, name).strip()
+        return int(text) if text.isdigit() else 0
+
+    def _metrics_v1(self) -> CgroupMetrics:
+        m = CgroupMetrics()
+        acct = parse_flat_keyed(self._optional("cpuacct", "cpuacct.stat"))
+        tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")  # cpuacct.stat counts USER_HZ ticks
+        m.cpu_user_ns, m.cpu_system_ns = acct.get("user", 0) * tick_ns, acct.get("system", 0) * tick_ns
+        cpu = parse_flat_keyed(self._optional("cpu", "cpu.stat"))
+        m.cfs_periods, m.cfs_throttled_periods = cpu.get("nr_periods", 0), cpu.get("nr_throttled", 0)
+        m.cfs_throttled_ns = cpu.get("throttled_time", 0)
+        mem = parse_flat_keyed(self._optional("memory", "memory.stat"))
+        m.memory_failcnt = self._optional_int("memory", "memory.failcnt")
+        m.memory_kernel = self._optional_int("memory", "memory.kmem.usage_in_bytes")
+        m.memory_mapped_file = mem.get("total_mapped_file", mem.get("mapped_file", 0))
+        m.memory_max_usage = self._optional_int("memory", "memory.max_usage_in_bytes")
+        memsw = self._optional_int("memory", "memory.memsw.usage_in_bytes")
+        if memsw:  # swap accounting on: what memory+swap holds beyond memory (cadvisor's figure)
+            m.memory_swap = max(0, memsw - self._optional_int("memory", "memory.usage_in_bytes"))
+        m.pgfault, m.pgmajfault = mem.get("pgfault", 0), mem.get("pgmajfault", 0)
+        m.hierarchy_pgfault = mem.get("total_pgfault", m.pgfault)
+        m.hierarchy_pgmajfault = mem.get("total_pgmajfault", m.pgmajfault)
+        m.threads = self._optional_int("pids", "pids.current")  # the pids controller counts tasks
+        m.threads_max = self._optional_int("pids", "pids.max")  # "max" reads as 0: no limit
+        for service_bytes, serviced in _V1_BLKIO:
+            m.io = parse_v1_blkio(self._optional("blkio", service_bytes), self._optional("blkio", serviced))
+            if m.io:
+                break
+        return m
+
+    def _metrics_v2(self) -> CgroupMetrics:
+        m = CgroupMetrics()
+        cpu = parse_flat_keyed(self._optional("cpu", "cpu.stat"))
+        m.cpu_user_ns, m.cpu_system_ns = cpu.get("user_usec", 0) * 1000, cpu.get("system_usec", 0) * 1000
+        m.cfs_periods, m.cfs_throttled_periods = cpu.get("nr_periods", 0), cpu.get("nr_throttled", 0)
+        m.cfs_throttled_ns = cpu.get("throttled_usec", 0) * 1000
+        mem = parse_flat_keyed(self._optional("memory", "memory.stat"))
+        # v2 keeps no failcnt; "max" counts the same thing: usage about to go over the limit.
+        m.memory_failcnt = parse_flat_keyed(self._optional("memory", "memory.events")).get("max", 0)
+        m.memory_kernel = mem.get("kernel", mem.get("kernel_stack", 0) + mem.get("slab", 0))  # "kernel": 5.18+
+        m.memory_mapped_file = mem.get("file_mapped", 0)
+        m.memory_max_usage = self._optional_int("memory", "memory.peak")
+        m.memory_swap = self._optional_int("memory", "memory.swap.current")
+        # v2's memory.stat counts the whole subtree: the cgroup's own and its hierarchy's are one.
+        m.pgfault = m.hierarchy_pgfault = mem.get("pgfault", 0)
+        m.pgmajfault = m.hierarchy_pgmajfault = mem.get("pgmajfault", 0)
+        m.threads = self._optional_int("pids", "pids.current")
+        m.threads_max = self._optional_int("pids", "pids.max")
+        m.io = parse_v2_io_stat(self._optional("io", "io.stat"))
+        return m
 
     # -- limits ---------------------------------------------------------------------
 

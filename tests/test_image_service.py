@@ -345,6 +345,8 @@ def test_remove_of_an_unknown_image_succeeds(daemon):
     d = daemon()
     d.remove("127.0.0.1:1/never-pulled:latest")
     d.remove("sha256:" + "0" * 64)
+    d.remove("0" * 64)  # a bare ID, as kubelet and critest name images
+    assert not d.status("0" * 64).HasField("image")
 
 
 def test_image_fs_info_follows_the_store(daemon, registry, test_images):

@@ -178,6 +178,11 @@ def test_supplemental_groups_policy_strict(pods, registry, test_images):
     assert list(pods.status(strict).status.user.linux.supplemental_groups) == [1000, 4242]
 
 
+def test_status_advertises_the_supplemental_groups_policy(pods):
+    # kubelet refuses a pod asking for Strict unless the runtime's Status says it honours it
+    assert pods.rt.Status(pb.StatusRequest()).features.supplemental_groups_policy
+
+
 def test_pid_target_shares_another_containers_pid_namespace(pods, busybox):
     pod = run_pod(pods)
     target = pods.run(pod, busybox, ["sleep", "4242"])

@@ -12,7 +12,7 @@ from typing import Any
 
 from api.runtime.v1 import api_pb2 as pb
 from api.shim.v1 import shim_pb2 as shim_pb
-from cri import oci_spec, security
+from cri import image_mounts, oci_spec, security
 from cri.container_lifecycle import discard_container
 from cri.errors import (
     AlreadyExists,
@@ -45,6 +45,7 @@ def validate(config: pb.ContainerConfig) -> None:
     ns = config.linux.security_context.namespace_options
     if ns.pid == pb.TARGET and not ns.target_id:
         raise InvalidArgument("namespace_options.pid is TARGET but target_id is empty")
+    image_mounts.check(config.mounts)
 
 
 async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerConfig) -> Container:
@@ -56,6 +57,7 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
     image = rt.images.find(config.image.image)
     if image is None:
         raise NotFound(f"image {config.image.image!r} is not present: pull it first")
+    mounted_images = image_mounts.resolve(rt.images, config.mounts)
     sconfig = pb.PodSandboxConfig.FromString(srec.config)
     checked = check_security(config, sconfig)  # before anything is made or reserved
     log_path = ""
@@ -64,10 +66,10 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
     rec = ContainerRecord(
         id=secrets.token_hex(32), sandbox_id=srec.id, name=container_name(config.metadata, sconfig.metadata),
         config=config.SerializeToString(), image_id=image.id, image_name=config.image.image,
-        chain_id=image.chain_id, log_path=log_path, created_at=time.time_ns(),
+        chain_id=image.chain_id, log_path=log_path, created_at=time.time_ns(), image_mounts=mounted_images,
     )
     try:
-        rt.records.add_container(rec)  # reserves the name, and keeps the image's layers from GC
+        rt.records.add_container(rec)  # reserves the name, and keeps the images' layers from GC
     except NameInUse as e:
         raise AlreadyExists(f"container name {e.name!r} is reserved for {e.holder}") from None
     c = rt.add_container(rec)
@@ -91,9 +93,10 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
         os.makedirs(os.path.join(own, d), mode=0o711)
     os.makedirs(layout.rootfs(rec.id), mode=0o711)
     _mount_rootfs(rt, rec)
+    image_sources = await image_mounts.mount(layout, rt.images, rec.id, rec.image_mounts, config.mounts)
 
     image = image_doc.get("config") or {}
-    spec = build_spec(rt, c, sandbox, config, image, checked)
+    spec = build_spec(rt, c, sandbox, config, image, checked, image_sources)
     with open(os.path.join(layout.bundle(rec.id), "config.json"), "w") as f:
         json.dump(spec, f)
     rec.spec = spec
@@ -149,7 +152,7 @@ def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> 
 
 
 def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.ContainerConfig, image: dict,
-               checked: dict) -> dict:
+               checked: dict, image_sources: dict[str, str]) -> dict:
     rec, srec = c.rec, sandbox.rec
     rootfs = rt.layout.rootfs(rec.id)
     ctx = config.linux.security_context
@@ -166,7 +169,8 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
         "noNewPrivileges": ctx.no_new_privs,
         "oomScoreAdj": checked["oom_score_adj"],
     }
-    all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), _image_volumes(rt, rec, config, image))
+    all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), _image_volumes(rt, rec, config, image),
+                                 image_sources)
     if ctx.privileged:
         # Writable /sys and cgroups, the host's devices, no masked or read-only /proc paths.
         for m in all_mounts:

@@ -75,6 +75,16 @@ def test_lookup_by_tag_digest_and_short_id(store):
         store.lookup("sha256:" + "e" * 64)
 
 
+def test_a_full_id_of_no_image_is_not_found_not_a_bad_reference(store):
+    # kubelet and critest remove and ask after images by bare ID: gone is an answer, not an error
+    image(store, b'{"c":1}', ["docker.io/library/c:1"])
+    unknown = "f" * 64
+    with pytest.raises(ImageNotFound, match=unknown):
+        store.lookup(unknown)
+    assert store.find(unknown) is None
+    assert store.remove(unknown) is False
+
+
 def test_removing_one_of_two_tags_only_untags(store):
     cfg = image(store, b'{"b":1}', ["docker.io/library/a:1", "docker.io/library/a:2"])
     assert store.remove("a:1") is False  # nothing to collect

@@ -1,0 +1,5 @@
+import sys
+
+from tools.critest.run import main
+
+sys.exit(main())
