@@ -18,7 +18,14 @@ RUN_DEBS   := iproute2 iptables libseccomp2
 TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun containernetworking-plugins
 BENCH_DEBS := containerd runc
 
-.PHONY: install run test unit lint bench proto deps-run deps-test deps-bench clean
+# The Go tools the tests drive (crictl, critest, the Kubernetes binaries, etcd, CoreDNS), built
+# from the go.mod files under tools/ into a directory git ignores.
+TOOLS_BIN := $(CURDIR)/.cache/tools/bin
+export CRICKET_TOOLS_BIN := $(TOOLS_BIN)
+# The runtime under the cluster tests: cricket, or containerd to check a test against the peer.
+RUNTIME ?= cricket
+
+.PHONY: install run test unit lint bench proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test
 
 install: deps-run $(VENV)/.installed proto
 	$(VENV)/bin/cricket-cni-install
@@ -26,8 +33,25 @@ install: deps-run $(VENV)/.installed proto
 run: install
 	$(VENV)/bin/cricketd $(ARGS)
 
-test: deps-test install
+# pytest (unit, integration, and the one-node cluster's workload tests), then critest.
+test: deps-test install go-tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m tools.critest
+
+go-tools:
+	@tools/build-go-tools.sh $(TOOLS_BIN)
+
+critest: deps-test install go-tools
+	$(VENV)/bin/python -m tools.critest $(ARGS)
+
+cluster: deps-test install go-tools
+	$(VENV)/bin/python -m tools.cluster up --runtime $(RUNTIME)
+
+cluster-down: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.cluster down
+
+cluster-test: deps-test deps-bench install go-tools
+	CLUSTER_RUNTIME=$(RUNTIME) $(VENV)/bin/python -m pytest tests/cluster $(PYTEST_ARGS)
 
 # The tests that need neither root nor Debian packages: the venv is enough.
 unit: $(VENV)/.installed proto
