@@ -3,7 +3,7 @@
 A path is what an OCI spec's linux.cgroupsPath holds ("/kubepods/pod1/ctr2"):
 on v1 it names a directory in every hierarchy Cricket uses, on v2 one
 directory of the unified tree. The daemon makes pod cgroups and reads stats;
-the executor places container processes and applies limits.
+the executor places container processes and applies limits and device rules.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import cast
+
+from linux import devices_bpf
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 # v1 controllers Cricket places containers under (hugetlb and systemd's named
@@ -329,6 +331,13 @@ def _rmdir(d: str, tries: int) -> None:
             time.sleep(0.01)
 
 
+def _check_device_rules(path: str, devices: list[dict]) -> None:
+    try:
+        devices_bpf.parse_rules(devices)
+    except devices_bpf.DeviceRuleError as e:
+        raise CgroupError(errno.EINVAL, f"device rules for cgroup {path}: {e}") from None
+
+
 # -- one cgroup ---------------------------------------------------------------------------
 
 
@@ -607,7 +616,10 @@ class Cgroup:
     # -- limits ---------------------------------------------------------------------
 
     def apply(self, resources: dict) -> None:
-        """Apply an OCI linux.resources object (cpu, memory, pids, hugepageLimits, unified, devices)."""
+        """Apply an OCI linux.resources object (cpu, memory, pids, hugepageLimits, unified, devices).
+        Device rules go to the v1 devices controller and, as an eBPF program, to the cgroup's
+        cgroup2 directory (linux/devices_bpf.py); when neither can enforce them it raises
+        CgroupError, so that no container runs without device control."""
         if mode() == "v2":
             self._apply_v2(resources)
         else:
@@ -651,13 +663,52 @@ class Cgroup:
                 raise CgroupError(errno.ENOTSUP, f"unified key {key!r} has no cgroup v1 equivalent on this host")
             self._set(key.split(".", 1)[0], key, value)
         devices = r.get("devices")
-        if devices and self._file("devices", "devices.allow") is not None:
+        if devices:
+            self._apply_v1_devices(devices)
+
+    def _apply_v1_devices(self, devices: list[dict]) -> None:
+        _check_device_rules(self.path, devices)  # before any is written: none or all
+        has_controller = self._file("devices", "devices.allow") is not None
+        if has_controller:
             for rule in devices:
                 kind = rule.get("type", "a")
-                major = "*" if rule.get("major") is None else rule["major"]
-                minor = "*" if rule.get("minor") is None else rule["minor"]
+                major = "*" if rule.get("major") in (None, -1) else rule["major"]
+                minor = "*" if rule.get("minor") in (None, -1) else rule["minor"]
                 line = "a" if kind == "a" else f"{kind} {major}:{minor} {rule.get('access', 'rwm')}"
                 self._set("devices", "devices.allow" if rule.get("allow") else "devices.deny", line)
+        # The kernel asks a device program on the task's cgroup2 cgroup as well as the v1
+        # controller, so on a hybrid host the same rules go on the container's "unified"
+        # directory too. Where the v1 controller took them, that program only repeats them
+        # and a kernel that cannot load it (no CONFIG_CGROUP_BPF, before 4.15) still runs
+        # containers; without the controller it is the only device control there is.
+        unified = self.v2_dir()
+        if unified is not None:
+            try:
+                self._set_device_program(unified, devices)
+            except CgroupError:
+                if not has_controller:
+                    raise
+        elif not has_controller:
+            raise CgroupError(errno.ENOTSUP, f"device rules for cgroup {self.path}: this host has neither the v1 "
+                              "devices controller nor a cgroup2 hierarchy to enforce them; mount one of them "
+                              "(a container is not run without device control)")
+
+    def v2_dir(self) -> str | None:
+        """The cgroup's directory on the cgroup2 hierarchy (the unified one on a hybrid host), if any."""
+        if mode() == "v2":
+            return self._dir(CGROUP_ROOT)
+        point = hierarchies().get("unified")
+        return None if point is None else self._dir(point)
+
+    def _set_device_program(self, directory: str, devices: list[dict]) -> None:
+        _check_device_rules(self.path, devices)
+        try:
+            devices_bpf.set_device_program(directory, devices)
+        except OSError as e:
+            raise CgroupError(e.errno, f"device rules for cgroup {self.path} ({directory}): {e.strerror}. On cgroup "
+                              "v2 only an eBPF device program enforces them, so the container is not run without "
+                              "one: check that the kernel has CONFIG_CGROUP_BPF and that no ancestor cgroup holds a "
+                              "device program attached without BPF_F_ALLOW_MULTI") from None
 
     def _apply_v2(self, r: dict) -> None:
         cpu = r.get("cpu") or {}
@@ -686,4 +737,7 @@ class Cgroup:
             if "/" in key or key.startswith("."):
                 raise CgroupError(errno.EINVAL, f"unified key {key!r} is not a cgroup file name")
             self._set("", key, value)
-        # Device rules on v2 are an eBPF program attached to the cgroup, which Cricket does not load yet.
+        devices = r.get("devices")
+        if devices:
+            # v2 has no devices controller: the program is the only device control a container gets.
+            self._set_device_program(self._dir(CGROUP_ROOT), devices)

@@ -1,16 +1,20 @@
 """linux/cgroups.py on this machine's real cgroups, and its pure parts on text."""
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
 import subprocess
 import time
+from typing import cast
 
 import pytest
 
-from linux import cgroups
+from cri.oci_spec import device_rules
+from linux import cgroups, devices_bpf
 from linux.cgroups import Cgroup, CgroupError, CgroupNotFound
+from tests import cgroup2
 
 
 @pytest.fixture
@@ -298,3 +302,65 @@ def test_mount_fstype_takes_the_last_mount_at_a_path():
     assert cgroups.mount_fstype(text, "/sys/fs/cgroup") == "tmpfs"
     assert cgroups.mount_fstype(text.splitlines()[1], "/sys/fs/cgroup") == "cgroup2"
     assert cgroups.mount_fstype(text, "/proc") is None
+
+
+def test_device_rules_go_on_v1_and_on_a_hybrid_hosts_cgroup2_directory(parent, tmp_path):
+    root, _ = parent
+    cg = Cgroup(root.path + "/devices")
+    cg.create()
+    cg.apply({"devices": device_rules(privileged=False)})
+    listing = cg._file("devices", "devices.list") if cgroups.mode() == "v1" else None
+    if listing:
+        assert read(listing).splitlines()[:2] == ["c 1:3 rwm", "c 1:5 rwm"]
+    v2 = cg.v2_dir()
+    if v2 is None:
+        pytest.skip("no cgroup2 hierarchy on this host")
+    assert len(_attached(v2)) == 1
+    # The program on its own, for a process in the cgroup2 directory alone (not the v1 cgroups):
+    # /dev/null opens, a tun device does not.
+    nodes = cgroup2.make_nodes(str(tmp_path), {"null": ("c", 1, 3), "tun": ("c", 10, 200)})
+    assert cgroup2.probe(v2, [("open", nodes["null"], os.O_RDWR), ("open", nodes["tun"], os.O_RDWR)]) == \
+        [0, errno.EPERM]
+
+
+def test_a_malformed_device_rule_is_refused_before_any_is_written(parent):
+    root, _ = parent
+    cg = Cgroup(root.path + "/bad")
+    cg.create()
+    with pytest.raises(CgroupError, match=r"device rules for cgroup .*/bad: devices\[1\]\.type: want a, b or c"):
+        cg.apply({"devices": [{"allow": False, "access": "rwm"}, {"allow": True, "type": "x", "access": "r"}]})
+    listing = cg._file("devices", "devices.list") if cgroups.mode() == "v1" else None
+    if listing:
+        assert read(listing) == "a *:* rwm"  # still what it inherited: not the deny-all before the bad rule
+    v2 = cg.v2_dir()
+    if v2:
+        assert _attached(v2) == []
+
+
+@v1_only
+def test_on_a_hybrid_host_the_v1_controller_is_enough_when_no_program_attaches(parent):
+    root, _ = parent
+    if root.v2_dir() is None or root._file("devices", "devices.list") is None:
+        pytest.skip("needs a hybrid host with the v1 devices controller")
+    cg = Cgroup(root.path + "/locked/ctr")
+    cg.create()
+    # An exclusive program on an ancestor forbids the container's own: the v1 rules still hold.
+    locked = cast(str, Cgroup(root.path + "/locked").v2_dir())
+    prog = devices_bpf.load(devices_bpf.assemble([{"allow": True, "access": "rwm"}]))
+    fd = os.open(locked, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        devices_bpf.attach(fd, prog, flags=0)
+    finally:
+        os.close(fd)
+        os.close(prog)
+    cg.apply({"devices": device_rules(privileged=False)})
+    assert _attached(cast(str, cg.v2_dir())) == []
+    assert read(cast(str, cg._file("devices", "devices.list"))).splitlines()[0] == "c 1:3 rwm"
+
+
+def _attached(directory: str) -> list[int]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return devices_bpf.attached(fd)
+    finally:
+        os.close(fd)
