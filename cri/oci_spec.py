@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
-from linux import caps
-from linux.mounts import mount_of, secure_join
+from linux import caps, openat2
+from linux.mounts import mount_of
 
 OCI_VERSION = "1.1.0"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -100,18 +100,47 @@ def environment(config: pb.ContainerConfig, image: dict, hostname: str) -> list[
 # -- users ---------------------------------------------------------------------------
 
 
+# The most of an image's /etc/passwd or /etc/group read: real ones are a few kilobytes, and
+# each is read whole into the daemon's memory.
+USER_DB_LIMIT = 1 << 20
+
+
 def _read_db(rootfs: str, path: str) -> list[list[str]]:
+    """The entries of the image's /etc/passwd or /etc/group; none if it has no such file.
+
+    The image chose what is there, so the file is resolved inside the rootfs (its symlinks
+    can not lead out; one inside is followed, as containerd does), opened only if it is a regular
+    file (a FIFO's open waits for a writer, a device's content is the host's) and read only up
+    to USER_DB_LIMIT. A file that is something else, or larger, is refused: a user looked up in
+    it would be a guess. Blocking calls: the caller runs this off the event loop.
+    """
     try:
-        with open(secure_join(rootfs, path), errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+        root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    try:
+        data = openat2.read_in_root(root, path, USER_DB_LIMIT)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return []
+    except openat2.NotRegularFile as e:
+        raise InvalidArgument(f"the image's {path} {e.strerror}: users and groups can not be looked up "
+                              "in it") from None
+    except openat2.FileTooLarge:
+        raise InvalidArgument(f"the image's {path} is larger than {USER_DB_LIMIT} bytes, the most read "
+                              "for users and groups") from None
+    except OSError as e:  # a symlink loop, a magic link
+        raise InvalidArgument(f"the image's {path} can not be read: {e.strerror}") from None
+    finally:
+        os.close(root)
+    text = data.decode(errors="replace")
+    return [line.split(":") for line in text.split("\n") if line.strip() and not line.startswith("#")]
 
 
 def resolve_user(rootfs: str, user: str, group: int | None, supplemental: list[int], strict: bool = False) -> dict:
     """An OCI "user" from a Docker user string (uid, name, uid:gid, name:group), looked up in
     the container's own /etc/passwd and /etc/group. `strict` (the CRI's Strict supplemental
-    groups policy) leaves out the groups /etc/group lists the user in."""
+    groups policy) leaves out the groups /etc/group lists the user in. It reads the image's
+    files: call it off the event loop."""
     name, _, grp = user.partition(":")
     passwd = _read_db(rootfs, "/etc/passwd")
     groups = _read_db(rootfs, "/etc/group")

@@ -1,9 +1,12 @@
 """Building a container's filesystem view from an OCI runtime spec, inside its new mount namespace.
 
-Everything here runs in the container's first process before pivot_root (or, for
-masked and read-only paths, just after it). Destinations are resolved inside
-the rootfs without following symlinks out of it, since the image controls
-every path in there.
+Everything here runs in the container's first process before pivot_root. The image controls
+every path in the rootfs, and a volume shared with another container lets that container
+change paths while this one is being built; so no path is checked and then used again by
+name. Each destination is resolved once by the kernel inside the rootfs (linux/openat2.py)
+to a descriptor, what is missing is made with *at() calls under descriptors of directories
+already resolved, and each mount is made onto /proc/self/fd/N (the host's /proc, so that
+path is the descriptor's own file).
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import errno
 import os
 import stat
 
-from linux import libc
+from linux import libc, openat2
+from linux.openat2 import fd_path
 
 # OCI mount options that are mount(2) flags: name -> (flags to set, flags to clear).
 _FLAGS = {
@@ -100,114 +104,246 @@ def secure_join(root: str, path: str) -> str:
     return os.path.join(root, *resolved)
 
 
-def _make_mountpoint(dest: str, source_is_dir: bool) -> None:
-    if os.path.lexists(dest):
-        return
-    if source_is_dir:
-        os.makedirs(dest, mode=0o755, exist_ok=True)
+class _Place:
+    """Where a mount goes: an O_PATH descriptor of what is there now, and of its parent with
+    its name there. mount(2) takes only paths, so it is given /proc/self/fd/N, which the
+    kernel follows to the descriptor's own file: nothing resolves the destination again.
+    A mount made, the descriptor still holds what is under it; the name looked up again in
+    the parent (reopen) crosses into the new mount, which remounting and propagation need."""
+
+    def __init__(self, parent: int | None, name: str, fd: int, rootfs: str):
+        self.parent, self.name, self.fd, self._rootfs = parent, name, fd, rootfs
+
+    @property
+    def path(self) -> str:
+        return fd_path(self.fd)
+
+    def reopen(self) -> _Place:
+        if self.parent is None:  # the rootfs itself: its path is the bundle's, not the image's
+            fd = os.open(self._rootfs, os.O_PATH | os.O_CLOEXEC)
+        else:
+            fd = os.open(self.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.parent)
+        return _Place(None, self.name, fd, self._rootfs)
+
+    def __enter__(self) -> _Place:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in (self.fd, self.parent):
+            if fd is not None:
+                os.close(fd)
+
+
+def _why(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def _root_fd(rootfs: str) -> int:
+    return os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _in_root(rootfs: str, path: str, follow: bool) -> tuple[str, str]:
+    """(parent, name) of `path` inside the rootfs, relative to it; with `follow`, a symlink at the
+    end is resolved too (a mount's destination is where its symlinks lead, as in runc).
+
+    secure_join reads the tree as it is now, so its answer is only a plan: every step after
+    it goes through openat2 and *at() calls, which stay inside whatever the tree becomes."""
+    if follow:
+        rel = os.path.relpath(secure_join(rootfs, path), rootfs)
     else:
-        os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
-        os.close(os.open(dest, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o755))
+        parent = os.path.relpath(secure_join(rootfs, os.path.dirname(path.rstrip("/")) or "/"), rootfs)
+        rel = os.path.join(parent, os.path.basename(path.rstrip("/")))
+    if rel == ".":
+        return "", ""
+    return os.path.split(rel)
+
+
+def _place(root_fd: int, rootfs: str, path: str, create: str = "", follow: bool = True) -> _Place:
+    """The place of `path` in the rootfs. `create` ("dir" or "file") makes what is missing, as
+    mkdirat and openat(O_CREAT|O_EXCL|O_NOFOLLOW) under verified directory descriptors; without
+    it, a missing path raises FileNotFoundError. Raises MountError if a symlink is found where
+    none can be: at the end of a path already resolved, it was put there meanwhile."""
+    parent_rel, name = _in_root(rootfs, path, follow)
+    if not name:
+        return _Place(None, "", os.dup(root_fd), rootfs)
+    if create:
+        parent = openat2.mkdirs_in_root(root_fd, parent_rel)
+    else:
+        parent = openat2.open_in_root(root_fd, parent_rel, os.O_PATH | os.O_DIRECTORY)
+    try:
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                if create == "dir":
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                else:
+                    os.close(os.open(name, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     0o755, dir_fd=parent))
+            except FileExistsError:
+                pass  # made meanwhile: whatever it is, the checked open below sees it
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise MountError(errno.ELOOP, f"{path} is a symlink in the container's rootfs: it was made one "
+                                          "while the container was being set up")
+    except BaseException:
+        os.close(parent)
+        raise
+    return _Place(parent, name, fd, rootfs)
 
 
 def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
-    """Mount one entry of the spec's "mounts" under `rootfs`."""
+    """Mount one entry of the spec's "mounts" under `rootfs`, which the destination, whatever
+    its symlinks, can not lead out of."""
     destination = m["destination"]
-    dest = secure_join(rootfs, destination)
     flags, propagation, data = parse_options(m.get("options"))
     kind = m.get("type") or ("bind" if flags & libc.MS_BIND else "")
     source = m.get("source") or kind
+    root = _root_fd(rootfs)
     try:
         if flags & libc.MS_BIND:
-            _make_mountpoint(dest, os.path.isdir(source))
-            libc.mount(source, dest, None, flags & (libc.MS_BIND | libc.MS_REC))
-            if flags & _REMOUNT_FLAGS:
-                # A bind mount takes most flags only on a second, remounting call.
-                libc.mount(None, dest, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
-        elif kind == "cgroup":
-            _make_mountpoint(dest, True)
-            if cgroup_binds is not None:
-                _mount_cgroup_v1(dest, flags, cgroup_binds)
-            else:  # cgroup v2: the container's own cgroup namespace makes its cgroup the root
-                libc.mount("cgroup2", dest, "cgroup2", flags & ~libc.MS_REMOUNT)
+            # The source is opened once too: what is bound is what was looked at.
+            src = os.open(source, os.O_PATH | os.O_CLOEXEC)
+            try:
+                is_dir = stat.S_ISDIR(os.fstat(src).st_mode)
+                with _place(root, rootfs, destination, "dir" if is_dir else "file") as place:
+                    libc.mount(fd_path(src), place.path, None, flags & (libc.MS_BIND | libc.MS_REC))
+                    with place.reopen() as top:
+                        if flags & _REMOUNT_FLAGS:
+                            # A bind mount takes most flags only on a second, remounting call.
+                            libc.mount(None, top.path, None,
+                                       libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
+                        if propagation:
+                            libc.mount(None, top.path, None, propagation)
+            finally:
+                os.close(src)
         else:
-            _make_mountpoint(dest, True)
-            if kind == "sysfs":
-                _mount_sysfs(dest, flags, data)
-            else:
-                libc.mount(source, dest, kind, flags & ~libc.MS_REMOUNT, data or None)
-        if propagation:
-            libc.mount(None, dest, None, propagation)
+            with _place(root, rootfs, destination, "dir") as place:
+                if kind == "cgroup" and cgroup_binds is not None:
+                    _mount_cgroup_v1(place, flags, cgroup_binds)
+                elif kind == "cgroup":  # cgroup v2: the container's own cgroup namespace makes its cgroup the root
+                    libc.mount("cgroup2", place.path, "cgroup2", flags & ~libc.MS_REMOUNT)
+                elif kind == "sysfs":
+                    _mount_sysfs(place, flags, data)
+                else:
+                    libc.mount(source, place.path, kind, flags & ~libc.MS_REMOUNT, data or None)
+                if propagation:
+                    with place.reopen() as top:
+                        libc.mount(None, top.path, None, propagation)
+    except MountError:
+        raise
     except OSError as e:
-        raise MountError(e.errno, f"mounting {kind or 'bind'} {source} on {destination}: {e.strerror}") from None
+        # Named by the spec's paths: the descriptors' /proc/self/fd names would tell nobody anything.
+        raise MountError(e.errno, f"mounting {kind or 'bind'} {source} on {destination}: "
+                                  f"{_why(e)}") from None
+    finally:
+        os.close(root)
 
 
-def _mount_sysfs(dest: str, flags: int, data: str) -> None:
+def _mount_sysfs(place: _Place, flags: int, data: str) -> None:
     try:
-        libc.mount("sysfs", dest, "sysfs", flags, data or None)
+        libc.mount("sysfs", place.path, "sysfs", flags, data or None)
     except PermissionError:
         # A fresh sysfs needs a network namespace of one's own; a container on
         # the host's network gets the host's /sys bound in, as runc does.
-        libc.mount("/sys", dest, None, libc.MS_BIND | libc.MS_REC)
-        libc.mount(None, dest, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
+        libc.mount("/sys", place.path, None, libc.MS_BIND | libc.MS_REC)
+        with place.reopen() as top:
+            libc.mount(None, top.path, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
 
 
-def _mount_cgroup_v1(dest: str, flags: int, binds) -> None:
+def _mount_cgroup_v1(place: _Place, flags: int, binds) -> None:
     """cgroup v1 has no single filesystem to mount: a tmpfs holds each hierarchy's
     container cgroup, bound in under the hierarchy's name. As runc does, the binds take
     the mount's flags and the tmpfs stays writable."""
-    libc.mount("tmpfs", dest, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=755")
-    for name, source in binds:
-        target = os.path.join(dest, name)
-        os.makedirs(target, exist_ok=True)
-        if os.path.isdir(source):
-            libc.mount(source, target, None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
-    # Co-mounted controllers are reached under each of their names too.
-    for name, _ in binds:
-        if "," in name:
-            for alias in name.split(","):
-                link = os.path.join(dest, alias)
-                if not os.path.lexists(link):
-                    os.symlink(name, link)
+    libc.mount("tmpfs", place.path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=755")
+    # The tmpfs is this mount namespace's alone, made just now: names in it are ours.
+    with place.reopen() as tmpfs:
+        for name, source in binds:
+            try:
+                os.mkdir(name, 0o777, dir_fd=tmpfs.fd)
+            except FileExistsError:
+                pass
+            if os.path.isdir(source):
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmpfs.fd)
+                with _Place(os.dup(tmpfs.fd), name, fd, "") as target:
+                    libc.mount(source, target.path, None, libc.MS_BIND | libc.MS_REC)
+                    with target.reopen() as top:
+                        libc.mount(None, top.path, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
+        # Co-mounted controllers are reached under each of their names too.
+        for name, _ in binds:
+            if "," in name:
+                for alias in name.split(","):
+                    try:
+                        os.symlink(name, alias, dir_fd=tmpfs.fd)
+                    except FileExistsError:
+                        pass
 
 
 def create_devices(rootfs: str, devices) -> None:
     """Make the spec's device nodes, the defaults every container has, and /dev's symlinks."""
-    made = set()
-    for d in devices or ():
-        _mknod(rootfs, d["path"], d.get("type", "c"), d["major"], d["minor"], d.get("fileMode", 0o666),
-               d.get("uid", 0), d.get("gid", 0))
-        made.add(d["path"])
-    for path, major, minor in DEFAULT_DEVICES:
-        if path not in made:
-            _mknod(rootfs, path, "c", major, minor, 0o666, 0, 0)
-    for target, link in _DEV_LINKS:
-        full = secure_join(rootfs, link)
-        if not os.path.lexists(full):
-            os.symlink(target, full)
-    kcore = secure_join(rootfs, "/dev/core")
-    if os.path.exists("/proc/kcore") and not os.path.lexists(kcore):
-        os.symlink("/proc/kcore", kcore)
+    root = _root_fd(rootfs)
+    try:
+        made = set()
+        for d in devices or ():
+            _mknod(root, rootfs, d["path"], d.get("type", "c"), d["major"], d["minor"], d.get("fileMode", 0o666),
+                   d.get("uid", 0), d.get("gid", 0))
+            made.add(d["path"])
+        for path, major, minor in DEFAULT_DEVICES:
+            if path not in made:
+                _mknod(root, rootfs, path, "c", major, minor, 0o666, 0, 0)
+        links = list(_DEV_LINKS)
+        if os.path.exists("/proc/kcore"):
+            links.append(("/proc/kcore", "/dev/core"))
+        for target, link in links:
+            parent_rel, name = _in_root(rootfs, link, follow=False)
+            parent = openat2.open_in_root(root, parent_rel, os.O_PATH | os.O_DIRECTORY)
+            try:
+                os.symlink(target, name, dir_fd=parent)
+            except FileExistsError:
+                pass
+            finally:
+                os.close(parent)
+    finally:
+        os.close(root)
 
 
-def _mknod(rootfs: str, path: str, kind: str, major: int, minor: int, mode: int, uid: int, gid: int) -> None:
-    full = secure_join(rootfs, path)
-    os.makedirs(os.path.dirname(full), mode=0o755, exist_ok=True)
-    if os.path.lexists(full):
-        os.unlink(full)
+def _mknod(root: int, rootfs: str, path: str, kind: str, major: int, minor: int, mode: int, uid: int,
+           gid: int) -> None:
     type_bits = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
-    os.mknod(full, type_bits | (mode & 0o7777), os.makedev(major, minor))
-    os.chmod(full, mode & 0o7777)  # mknod's mode went through the umask
-    os.chown(full, uid, gid)
+    parent_rel, name = _in_root(rootfs, path, follow=False)
+    parent = openat2.mkdirs_in_root(root, parent_rel)
+    try:
+        try:
+            os.unlink(name, dir_fd=parent)  # whatever is there, a symlink included, never what it points to
+        except FileNotFoundError:
+            pass
+        os.mknod(name, type_bits | 0o600, os.makedev(major, minor), dir_fd=parent)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            st = os.fstat(fd)
+            if stat.S_IFMT(st.st_mode) != type_bits or st.st_rdev != os.makedev(major, minor):
+                raise MountError(errno.EEXIST, f"device {path} was replaced while it was being made")
+            # Mode and owner through the descriptor: a name can be swapped for a symlink, this can not.
+            os.chmod(fd_path(fd), mode & 0o7777)
+            os.chown(fd_path(fd), uid, gid)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent)
 
 
 def bind_console(rootfs: str, pty_path: str) -> None:
-    """Make the container's /dev/console the terminal it was given, as runc does."""
-    console = secure_join(rootfs, "/dev/console")
-    if not os.path.lexists(console):
-        os.close(os.open(console, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-    libc.mount(pty_path, console, None, libc.MS_BIND)
+    """Make the container's /dev/console the terminal it was given, as runc does. The mount
+    point is /dev/console itself, never where a symlink there points (runc's CVE-2025-52565)."""
+    root = _root_fd(rootfs)
+    try:
+        with _place(root, rootfs, "/dev/console", "file", follow=False) as place:
+            libc.mount(pty_path, place.path, None, libc.MS_BIND)
+    finally:
+        os.close(root)
 
 
 def mount_of(path: str) -> tuple[str, list[str]]:
@@ -250,39 +386,81 @@ def pivot(rootfs: str) -> None:
     os.chdir("/")
 
 
-def mask(paths) -> None:
-    """Hide each path: /dev/null over a file, an empty read-only tmpfs over a directory."""
-    for path in paths or ():
-        try:
-            if os.path.isdir(path):
-                libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY)
-            else:
-                libc.mount("/dev/null", path, None, libc.MS_BIND)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise MountError(e.errno, f"masking {path}: {e.strerror}") from None
+def mask(rootfs: str, paths) -> None:
+    """Hide each path: /dev/null over a file, an empty read-only tmpfs over a directory.
+
+    The /dev/null bound is the container's own (its mount's flags show, as under runc) only if it
+    is the null device: were it a symlink to a /proc file, or another device, that would be
+    bound over the masked path instead (runc's CVE-2025-31133). Otherwise the host's is used."""
+    if not paths:
+        return
+    root = _root_fd(rootfs)
+    null = _null_device(root, rootfs)
+    try:
+        for path in paths:
+            try:
+                with _place(root, rootfs, path) as place:
+                    if stat.S_ISDIR(os.fstat(place.fd).st_mode):
+                        libc.mount("tmpfs", place.path, "tmpfs", libc.MS_RDONLY)
+                    else:
+                        libc.mount(fd_path(null), place.path, None, libc.MS_BIND)
+            except FileNotFoundError:
+                pass
+            except MountError:
+                raise
+            except OSError as e:
+                raise MountError(e.errno, f"masking {path}: {_why(e)}") from None
+    finally:
+        os.close(null)
+        os.close(root)
 
 
-def _flags_of(path: str) -> int:
-    """The mount flags `path` is mounted with now, which a bind remount would otherwise clear."""
-    f = os.statvfs(path).f_flag
+def _null_device(root: int, rootfs: str) -> int:
+    """An O_PATH descriptor of the container's /dev/null if it is the null device, else the host's."""
+    try:
+        with _place(root, rootfs, "/dev/null", follow=False) as place:
+            st = os.fstat(place.fd)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+                return os.dup(place.fd)
+    except OSError:
+        pass
+    return os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)
+
+
+def _flags_of(fd: int) -> int:
+    """The mount flags what `fd` holds is mounted with now, which a bind remount would otherwise clear."""
+    f = os.fstatvfs(fd).f_flag
     flags = f & (libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_NOATIME | libc.MS_NODIRATIME)
     if f & os.ST_RELATIME:
         flags |= libc.MS_RELATIME
     return flags
 
 
-def make_readonly(paths) -> None:
-    for path in paths or ():
-        try:
-            libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | _flags_of(path))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise MountError(e.errno, f"making {path} read-only: {e.strerror}") from None
+def make_readonly(rootfs: str, paths) -> None:
+    """Bind each path onto itself read-only (before pivot_root, as mask())."""
+    root = _root_fd(rootfs)
+    try:
+        for path in paths or ():
+            try:
+                with _place(root, rootfs, path) as place:
+                    libc.mount(place.path, place.path, None, libc.MS_BIND | libc.MS_REC)
+                    with place.reopen() as top:
+                        libc.mount(None, top.path, None,
+                                   libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | _flags_of(top.fd))
+            except FileNotFoundError:
+                pass
+            except MountError:
+                raise
+            except OSError as e:
+                raise MountError(e.errno, f"making {path} read-only: {_why(e)}") from None
+    finally:
+        os.close(root)
 
 
 def remount_root_readonly() -> None:
-    libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | _flags_of("/"))
+    root = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    try:
+        flags = _flags_of(root)
+    finally:
+        os.close(root)
+    libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | flags)

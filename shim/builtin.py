@@ -27,6 +27,7 @@ from linux.cgroups import Cgroup, v1_mount_sources
 from shim.executor import ExecutorError, Held, StartError, Stdio
 
 REPORT_TIMEOUT = 30.0  # a child that says nothing this long is stuck
+_PR_SET_DUMPABLE = 4  # prctl(2)
 _RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 # Namespaces an exec joins, in an order that works: mnt last, since joining it
 # changes what /proc/<pid>/ns paths would resolve to (the fds are opened first anyway).
@@ -115,6 +116,7 @@ class BuiltinExecutor:
     # -- the children's side ----------------------------------------------------
 
     def _intermediate(self, stdio: Stdio, report_w: int, start_r: int) -> None:
+        _not_dumpable()
         # A cgroup namespace is rooted where its creator stands, so joining must come first
         # then; otherwise the container's first process is moved in while it builds its
         # filesystem (the first move after a quiet spell waits for an RCU grace period).
@@ -201,13 +203,15 @@ class BuiltinExecutor:
             mounts.create_devices(rootfs, lin.get("devices"))
         if stdio.terminal is not None:
             mounts.bind_console(rootfs, os.ttyname(stdio.terminal))
+        # Masks and read-only paths before pivot_root, while /dev/null and /proc/self are the host's.
+        mounts.mask(rootfs, lin.get("maskedPaths"))
+        mounts.make_readonly(rootfs, lin.get("readonlyPaths"))
         mounts.pivot(rootfs)
-        mounts.mask(lin.get("maskedPaths"))
-        mounts.make_readonly(lin.get("readonlyPaths"))
         if root.get("readonly"):
             mounts.remount_root_readonly()
 
     def _exec_intermediate(self, init_pid: int, process: dict, stdio: Stdio, report_w: int) -> None:
+        _not_dumpable()
         if self.cgroup is not None:
             self.cgroup.add(os.getpid())
         fds = []
@@ -250,6 +254,16 @@ def _child(body, report_w: int) -> None:
             pass
         code = 1
     os._exit(code)
+
+
+def _not_dumpable() -> None:
+    """Keep the container's processes from being traced or read (/proc/<pid>/mem, environ, exe)
+    until execve, as runc does since CVE-2016-9962. From here to execve they hold the
+    container's user and capabilities, a held one for as long as StartContainer takes, and
+    they are the shim's Python: a process of the same user in the pod's PID namespace could
+    otherwise attach, or reach the host's files through them. Forked children inherit the flag;
+    execve sets it back, so the container's own program is as dumpable as under any runtime."""
+    libc.prctl(_PR_SET_DUMPABLE, 0)
 
 
 def _describe(e: BaseException) -> str:

@@ -2,11 +2,11 @@
 and holds its process before exec."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from typing import Any
 
@@ -25,7 +25,7 @@ from cri.records import SANDBOX_READY, ContainerRecord, NameInUse, SandboxRecord
 from cri.runtime import Container, Runtime, Sandbox
 from cri.sandbox_lifecycle import ensure_pod_init
 from cri.tracing import tracer
-from linux import libc, mounts
+from linux import libc, mounts, openat2, tree_copy
 from linux.cgroups import mode as cgroup_mode
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,14 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
     image_sources = await image_mounts.mount(layout, rt.images, rec.id, rec.image_mounts, config.mounts)
 
     image = image_doc.get("config") or {}
-    spec = build_spec(rt, c, sandbox, config, image, checked, image_sources)
+    ctx = config.linux.security_context
+    user, group = oci_spec.user_string(ctx, image)
+    # Both read what the image put in the rootfs, so both run off the event loop: a FIFO for
+    # /etc/passwd or a volume to copy must not hold up every other call.
+    process_user = await _in_thread(oci_spec.resolve_user, layout.rootfs(rec.id), user, group,
+                                    list(ctx.supplemental_groups), ctx.supplemental_groups_policy == pb.Strict)
+    volumes = await _image_volumes(rt, rec, config, image)
+    spec = build_spec(rt, c, sandbox, config, image, checked, image_sources, process_user, volumes)
     with open(os.path.join(layout.bundle(rec.id), "config.json"), "w") as f:
         json.dump(spec, f)
     rec.spec = spec
@@ -152,13 +159,10 @@ def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> 
 
 
 def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.ContainerConfig, image: dict,
-               checked: dict, image_sources: dict[str, str]) -> dict:
+               checked: dict, image_sources: dict[str, str], process_user: dict,
+               volumes: list[tuple[str, str]]) -> dict:
     rec, srec = c.rec, sandbox.rec
-    rootfs = rt.layout.rootfs(rec.id)
     ctx = config.linux.security_context
-    user, group = oci_spec.user_string(ctx, image)
-    process_user = oci_spec.resolve_user(rootfs, user, group, list(ctx.supplemental_groups),
-                                         strict=ctx.supplemental_groups_policy == pb.Strict)
     process = {
         "terminal": config.tty,
         "user": process_user,
@@ -169,8 +173,7 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
         "noNewPrivileges": ctx.no_new_privs,
         "oomScoreAdj": checked["oom_score_adj"],
     }
-    all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), _image_volumes(rt, rec, config, image),
-                                 image_sources)
+    all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), volumes, image_sources)
     if ctx.privileged:
         # Writable /sys and cgroups, the host's devices, no masked or read-only /proc paths.
         for m in all_mounts:
@@ -247,34 +250,99 @@ def _sandbox_mounts(rt: Runtime, srec: SandboxRecord, ctx: pb.LinuxContainerSecu
     return out
 
 
-def _image_volumes(rt: Runtime, rec: ContainerRecord, config: pb.ContainerConfig, image: dict) -> list[tuple[str, str]]:
+async def _in_thread(fn, *args, stop=None):
+    """fn(*args) in a worker thread. Should the call be cancelled meanwhile (its client gone), the
+    thread is stopped (`stop`) and waited for before the cancellation goes on: discarding the
+    half-made container must not race a thread still writing into its directories."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        if stop is not None:
+            stop()
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: it is the cancellation that is reported
+        raise
+
+
+async def _image_volumes(rt: Runtime, rec: ContainerRecord, config: pb.ContainerConfig,
+                         image: dict) -> list[tuple[str, str]]:
     """The image's VOLUMEs as directories of this container's, seeded with what the image has
     there, so writes to them do not land in the writable layer (as containerd does)."""
     taken = {os.path.normpath(m.container_path) for m in config.mounts}
-    rootfs = rt.layout.rootfs(rec.id)
-    out = []
-    for i, dest in enumerate(sorted(image.get("Volumes") or {})):
-        if os.path.normpath(dest) in taken:
-            continue
-        source = os.path.join(rt.layout.container_dir(rec.id), "volumes", str(i))
-        seed = mounts.secure_join(rootfs, dest)
-        if os.path.isdir(seed):
-            _copy_owned(seed, source)
-        else:
-            os.makedirs(source, mode=0o755)
-        out.append((dest, source))
-    return out
+    wanted = [(i, dest) for i, dest in enumerate(sorted(image.get("Volumes") or {}))
+              if os.path.normpath(dest) not in taken]
+    if not wanted:
+        return []
+    budget = _seed_budget(rt, rec)  # here, on the loop: the image store is not shared with threads
+    return await _in_thread(_seed_volumes, rt.layout.rootfs(rec.id),
+                            os.path.join(rt.layout.container_dir(rec.id), "volumes"), wanted, budget,
+                            stop=lambda: setattr(budget, "stopped", True))
 
 
-def _copy_owned(src: str, dst: str) -> None:
-    """Copy a tree keeping modes, times and owners (copytree alone keeps no owners)."""
-    shutil.copytree(src, dst, symlinks=True, copy_function=shutil.copy2)
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        for name in [".", *dirnames, *filenames]:
-            s = os.path.normpath(os.path.join(dirpath, name))
-            st = os.lstat(s)
-            os.lchown(os.path.normpath(os.path.join(dst, rel, name)), st.st_uid, st.st_gid)
+def _seed_budget(rt: Runtime, rec: ContainerRecord) -> tree_copy.Budget:
+    """All the volumes of a container together may copy no more than the image holds: its
+    layers' data and inodes as unpacking counted them (and a block a file, as a hole's edges
+    fall on blocks). Whatever an image's VOLUMEs name (one directory many times, nested ones,
+    sparse or hard-linked files), seeding can not fill the disk beyond the image's own size."""
+    size = inodes = 0
+    chain = rec.chain_id
+    while chain:
+        snap = rt.images.snapshots.get(chain)
+        if snap is None:
+            break
+        size, inodes, chain = size + snap.size, inodes + snap.inodes, snap.parent
+    return tree_copy.Budget(bytes=size + inodes * 4096, inodes=inodes)
+
+
+def _seed_volumes(rootfs: str, volumes_dir: str, wanted: list[tuple[int, str]],
+                  budget: tree_copy.Budget) -> list[tuple[str, str]]:
+    root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # Where each volume's content is in the image: where the shim will mount it.
+        seeds = {}
+        for _, dest in wanted:
+            try:
+                seeds[dest] = os.path.relpath(mounts.secure_join(rootfs, dest), rootfs)
+            except OSError as e:  # a symlink loop
+                raise InvalidArgument(f"the image's VOLUME {dest} can not be resolved: {e.strerror}") from None
+        made: dict[str, str] = {}
+        out = []
+        for i, dest in wanted:
+            seed = seeds[dest]
+            if seed in made:  # one directory named twice: the same volume, as the container sees it anyway
+                out.append((dest, made[seed]))
+                continue
+            source = os.path.join(volumes_dir, str(i))
+            os.mkdir(source, 0o755)
+            # A volume inside this one is mounted over its part of the copy: that part is its own.
+            nested = {os.path.relpath(other, seed) for other in seeds.values()
+                      if other != seed and (seed == "." or other.startswith(seed + "/"))}
+            _seed(root, seed, source, budget, nested, dest)
+            made[seed] = source
+            out.append((dest, source))
+        return out
+    finally:
+        os.close(root)
+
+
+def _seed(root: int, seed: str, source: str, budget: tree_copy.Budget, nested: set[str], dest: str) -> None:
+    try:
+        src = openat2.open_in_root(root, seed, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing of the image's there: the volume starts empty
+    try:
+        dst = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            tree_copy.copy_tree(src, dst, budget, nested)
+        finally:
+            os.close(dst)
+    except tree_copy.CopyError as e:
+        where = f"{dest.rstrip('/')}/{e.filename}" if e.filename else dest
+        raise InvalidArgument(f"the image's VOLUME {dest} can not be seeded: {where}: {e.strerror}") from None
+    finally:
+        os.close(src)
 
 
 class ContainerCreate:

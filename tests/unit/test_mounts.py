@@ -1,7 +1,10 @@
-"""Mount option parsing and symlink-safe joins."""
+"""Mount option parsing, symlink-safe joins, and paths resolved inside a tree by openat2."""
+import errno
 import os
 
-from linux import libc
+import pytest
+
+from linux import libc, openat2
 from linux.mounts import parse_options, secure_join
 
 
@@ -31,3 +34,87 @@ def test_secure_join_keeps_symlinks_inside_the_root(tmp_path):
         assert "too many symlinks" in str(e)
     else:
         raise AssertionError("a symlink loop must fail")
+
+
+# -- openat2: paths resolved inside a tree (linux/openat2.py) ----------------------------------
+
+
+def _fd(path) -> int:
+    return os.open(path, os.O_PATH | os.O_DIRECTORY)
+
+
+def _where(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def test_open_in_root_keeps_symlinks_and_dotdot_inside(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "etc").mkdir(parents=True)
+    outside.mkdir()
+    os.symlink("/etc", root / "abs")
+    os.symlink("../../../..", root / "up")
+    os.symlink(str(outside), root / "host")  # an absolute path of the host's means one inside
+    fd = _fd(root)
+    try:
+        assert _where(openat2.open_in_root(fd, "/abs")) == str(root / "etc")
+        assert _where(openat2.open_in_root(fd, "up/etc")) == str(root / "etc")
+        assert _where(openat2.open_in_root(fd, "/../../etc")) == str(root / "etc")
+        with pytest.raises(FileNotFoundError):
+            openat2.open_in_root(fd, "host")
+    finally:
+        os.close(fd)
+
+
+def test_open_in_root_refuses_magic_links():
+    fd = _fd("/")
+    try:
+        with pytest.raises(OSError) as e:
+            openat2.open_in_root(fd, "/proc/self/root/etc")
+        assert e.value.errno == errno.ELOOP
+    finally:
+        os.close(fd)
+
+
+def test_mkdirs_in_root_makes_what_is_missing_inside_only(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "real").mkdir(parents=True)
+    outside.mkdir()
+    os.symlink("/real", root / "in")
+    os.symlink(str(outside), root / "out")
+    fd = _fd(root)
+    try:
+        assert _where(openat2.mkdirs_in_root(fd, "/in/a/b")) == str(root / "real" / "a" / "b")
+        # A symlink whose target is missing is not made through: a name put there can lead anywhere.
+        with pytest.raises(OSError):
+            openat2.mkdirs_in_root(fd, "/out/x")
+        with pytest.raises(OSError):
+            openat2.mkdirs_in_root(fd, "/nothing/../x")
+    finally:
+        os.close(fd)
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.timeout(10)
+def test_read_in_root_reads_regular_files_only_and_bounded(tmp_path):
+    (tmp_path / "etc").mkdir()
+    os.mkfifo(tmp_path / "etc" / "fifo")  # an open for reading would wait for a writer
+    (tmp_path / "etc" / "big").write_bytes(b"x" * 101)
+    (tmp_path / "etc" / "ok").write_bytes(b"root:x:0:0::/:/bin/sh\n")
+    (tmp_path / "secret").write_text("outside\n")
+    os.symlink(str(tmp_path / "secret"), tmp_path / "etc" / "out")
+    fd = _fd(tmp_path / "etc")
+    try:
+        assert openat2.read_in_root(fd, "/ok", 100) == b"root:x:0:0::/:/bin/sh\n"
+        with pytest.raises(openat2.NotRegularFile, match="FIFO"):
+            openat2.read_in_root(fd, "/fifo", 100)
+        with pytest.raises(openat2.FileTooLarge):
+            openat2.read_in_root(fd, "/big", 100)
+        with pytest.raises(FileNotFoundError):
+            openat2.read_in_root(fd, "/out", 100)
+        with pytest.raises(IsADirectoryError):
+            openat2.read_in_root(fd, "/", 100)
+    finally:
+        os.close(fd)
