@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
+import secrets
 import sys
 from typing import cast
 
@@ -71,14 +73,40 @@ def _read_auths() -> dict:
         raise SystemExit(f"cricket: error: {auth_file()} is not JSON: {e}") from None
 
 
+# A file of our own: a fresh inode (O_EXCL), never a symlink someone planted (O_NOFOLLOW).
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def _replacing(path: str, mode: int):
+    """Write a new `path`: yield a file made fresh beside it, under a random name, with `mode`
+    from its first byte, and rename it over `path` once the block ends without an error.
+
+    A fixed name (path + ".tmp") would let whoever can write to the directory plant a file
+    there first, whose mode the data would keep, or a symlink, which the data would be
+    written through; and renaming it would put their file or symlink in place of ours.
+    """
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, _CREATE_NEW, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits off; never added any
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _write_auths(auths: dict) -> None:
     path = auth_file()
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, even briefly
-    with os.fdopen(fd, "w") as f:
-        json.dump({"auths": auths}, f, indent=2)
-    os.replace(tmp, path)
+    with _replacing(path, 0o600) as f:  # never readable by others, even briefly
+        f.write(json.dumps({"auths": auths}, indent=2).encode())
 
 
 def _credentials(args, image: str) -> tuple[str, str]:
@@ -223,15 +251,17 @@ def cmd_prune(c: Client, args) -> None:
 
 def cmd_save(c: Client, args) -> None:
     fmt = apb.OCI_ARCHIVE if args.format == "oci" else apb.DOCKER_ARCHIVE
-    tmp = args.output_file + ".part"
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in c.admin.Save(apb.SaveRequest(images=args.images, format=fmt)):
-                out.write(chunk.data)
-        os.replace(tmp, args.output_file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # Often into a shared directory (/tmp): written as login writes credentials, so nothing
+    # planted beside the file can redirect it.
+    with _replacing(args.output_file, 0o666 & ~_umask()) as out:  # as open() would make it
+        for chunk in c.admin.Save(apb.SaveRequest(images=args.images, format=fmt)):
+            out.write(chunk.data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def cmd_load(c: Client, args) -> None:

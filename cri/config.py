@@ -79,6 +79,9 @@ class ImageConfig:
     max_concurrent_downloads: int = 3
     pull_retries: int = 3
     pull_timeout_seconds: float = 30.0
+    # Bounds of one layer (image/limits.py), generous: what a hostile image can make a node hold.
+    max_layer_size: int = 64 << 30  # bytes of its files at their apparent size; its blob may not be bigger
+    max_layer_entries: int = 1_000_000
 
 
 @dataclass
@@ -140,6 +143,9 @@ def _build(cls, table: dict, where: str):
         elif isinstance(default, (int, float)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name}: want a number, got {value!r}")
+            if isinstance(default, int) and value != int(value):
+                # int() would cut 0.5 to 0: a bound of nothing, or no downloads at all.
+                raise ConfigError(f"{name}: want a whole number, got {value!r}")
             # 0 means "off" or "any" for the keys whose default is 0; elsewhere it is no value at all.
             if value < 0 or (value == 0 and default != 0):
                 raise ConfigError(f"{name}: must be {'at least 0' if default == 0 else 'positive'}, got {value!r}")

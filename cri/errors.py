@@ -13,6 +13,7 @@ import grpc
 
 from frames.shim_client import ShimError
 from image.content import ContentError
+from image.limits import LimitExceeded
 from image.manifest import ManifestError
 from image.reference import ReferenceError
 from image.registry import DigestMismatchError, RegistryError
@@ -68,6 +69,8 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, (RuntimeFailure, ShimError)):
         return grpc.StatusCode.UNKNOWN
+    if isinstance(exc, LimitExceeded):  # before RegistryError: a manifest over its bound is both
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, DigestMismatchError):
         return grpc.StatusCode.DATA_LOSS
     if isinstance(exc, RegistryError):

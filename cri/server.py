@@ -22,6 +22,7 @@ from cri.runtime import Runtime
 from cri.runtime_service import RUNTIME_VERSION, RuntimeService
 from cri.status import describe_event
 from cri.streaming.server import StreamingServer
+from image.limits import ImageLimits
 from image.pull import Puller
 from image.registry import HostConfig, RegistryClient
 from image.store import ImageStore
@@ -78,7 +79,8 @@ async def serve(config: Config) -> None:
         max_retries=config.image.pull_retries,
         timeout=config.image.pull_timeout_seconds,
     )
-    puller = Puller(store, client, config.image.max_concurrent_downloads)
+    puller = Puller(store, client, config.image.max_concurrent_downloads,
+                    ImageLimits(config.image.max_layer_size, config.image.max_layer_entries))
     rt = Runtime(config, store)
     rt.pull_leases = lambda: puller.in_flight
     rt.zygote.start()

@@ -9,8 +9,10 @@ own exception types never leak to callers.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import zlib
 from typing import BinaryIO, Protocol, cast
 
@@ -32,6 +34,8 @@ _MEDIA_TYPES = {
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BZIP2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
 
 # zstd is fed in small pieces because one call of its decompressor returns all
 # that the piece expands to, and a run-length block turns 4 bytes into 128 KiB:
@@ -98,6 +102,27 @@ def open_decompressed(path: str, media_type: str | None = None) -> BinaryIO:
     return cast(BinaryIO, _Guarded(inner, raw, path, kind, declared))
 
 
+def decompressed_archive(raw: BinaryIO, name: str) -> BinaryIO:
+    """A reader of the tar inside an image archive (the seekable file `raw`), which may be
+    compressed as docker load allows: gzip, bzip2, xz or zstd. Read errors are LayerError;
+    closing it closes `raw`."""
+    head = raw.read(6)
+    raw.seek(0)
+    kind = sniff(head)
+    inner: _Source
+    if kind == GZIP:
+        inner = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif kind == ZSTD:
+        inner = _ZstdReader(raw)
+    elif head.startswith(_BZIP2_MAGIC):
+        kind, inner = "bzip2", bz2.BZ2File(raw)
+    elif head.startswith(_XZ_MAGIC):
+        kind, inner = "xz", lzma.LZMAFile(raw)
+    else:
+        inner = cast(_Source, raw)  # a file: it has readinto
+    return cast(BinaryIO, _Guarded(inner, raw, name, kind, None, what="image archive"))
+
+
 class _ZstdReader(io.RawIOBase):
     """Reads concatenated zstd frames, failing on a frame cut short.
 
@@ -150,10 +175,12 @@ class _ZstdReader(io.RawIOBase):
 class _Guarded(io.RawIOBase):
     """Translates the codecs' errors into LayerError and closes the file under them."""
 
-    def __init__(self, inner: _Source, raw: BinaryIO, path: str, kind: str, declared: str | None):
+    def __init__(self, inner: _Source, raw: BinaryIO, path: str, kind: str, declared: str | None,
+                 what: str = "layer blob"):
         self._inner = inner
         self._raw = raw
         self.path = path
+        self._what = f"{what} {path}" if path else what
         self.compression = kind
         self.declared_compression = declared
 
@@ -165,16 +192,16 @@ class _Guarded(io.RawIOBase):
             return self._inner.readinto(b)
         except LayerError:
             raise
-        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
-            raise LayerError(f"layer blob {self.path} ({self.compression}) is corrupt: {e}") from e
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+            raise LayerError(f"{self._what} ({self.compression}) is corrupt: {e}") from e
 
     def read(self, size: int = -1) -> bytes:
         try:
             return self._inner.read(size)
         except LayerError:
             raise
-        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
-            raise LayerError(f"layer blob {self.path} ({self.compression}) is corrupt: {e}") from e
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+            raise LayerError(f"{self._what} ({self.compression}) is corrupt: {e}") from e
 
     def close(self) -> None:
         try:

@@ -19,6 +19,7 @@ from typing import Protocol, cast
 from opentelemetry import trace
 
 from image.content import ContentError
+from image.limits import CONFIG_LIMIT, ImageLimits, LimitExceeded
 from image.manifest import (
     Index,
     ManifestError,
@@ -67,9 +68,11 @@ class ImageSource(Protocol):
 
 
 class Puller:
-    def __init__(self, store: ImageStore, client: ImageSource, max_concurrent_downloads: int = 3):
+    def __init__(self, store: ImageStore, client: ImageSource, max_concurrent_downloads: int = 3,
+                 limits: ImageLimits | None = None):
         self._store = store
         self._client = client
+        self.limits = limits or ImageLimits()
         self._downloads = asyncio.Semaphore(max_concurrent_downloads)
         self._shared: dict[str, _Shared] = {}
         # Digests and chain IDs that running pulls hold but no image records yet;
@@ -130,9 +133,19 @@ class Puller:
                 raise ManifestError(f"{ref}: the index entry for this platform is itself an index")
             manifest_digest, manifest_type = desc.digest, doc.media_type
 
+        # Sizes a manifest declares are checked before anything is fetched, and the config's
+        # again once it is here: an archive's blob need not be the size its manifest says.
+        _check_config_size(ref, doc.config.digest, doc.config.size)
+        for layer in doc.layers:
+            if layer.size > self.limits.max_layer_size:
+                raise LimitExceeded(
+                    f"{ref}: layer {layer.digest} is {layer.size} bytes compressed, over the "
+                    f"{self.limits.max_layer_size} byte limit of a layer ([image] max_layer_size)"
+                )
         lease(doc.config.digest)
         await self._blob(resolved, doc.config.digest, doc.config.size, creds)
         blobs.append(doc.config.digest)
+        _check_config_size(ref, doc.config.digest, content.size(doc.config.digest))
         config = _load_config(content.read(doc.config.digest), ref)
         diff_ids = config.get("rootfs", {}).get("diff_ids") or []
         if len(diff_ids) != len(doc.layers):
@@ -243,7 +256,7 @@ class Puller:
         new_dir = snapshots.new_dir()
         try:
             path = self._store.content.path(layer.digest)
-            result = await _in_thread(unpack_layer, path, layer.media_type, new_dir)
+            result = await _in_thread(unpack_layer, path, layer.media_type, new_dir, self.limits)
             if result.diff_id != diff_id:
                 raise LayerError(
                     f"layer {layer.digest}: uncompressed content hashes to {result.diff_id}, "
@@ -273,6 +286,12 @@ async def _in_thread(fn, *args):
     except asyncio.CancelledError:
         await asyncio.wait([fut])
         raise
+
+
+def _check_config_size(ref: Reference, digest: str, size: int) -> None:
+    if size > CONFIG_LIMIT:
+        raise LimitExceeded(f"{ref}: image config {digest} is {size} bytes, over the {CONFIG_LIMIT} byte limit "
+                            "of an image config")
 
 
 def _load_config(data: bytes, ref: Reference) -> dict:

@@ -33,6 +33,7 @@ from image.auth import (
     repository_scope,
 )
 from image.ingest import IngestFile
+from image.limits import MANIFEST_LIMIT, LimitExceeded
 from image.manifest import ACCEPTED_MANIFEST_TYPES, ManifestError, detect_media_type
 from image.reference import Reference
 
@@ -43,6 +44,7 @@ __all__ = [
     "RegistryClient",
     "RegistryError",
     "Resolved",
+    "ResponseTooLarge",
     "error_words",
     "parse_content_range",
     "parse_retry_after",
@@ -52,9 +54,10 @@ log = logging.getLogger(__name__)
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_UPSTREAM = "https://registry-1.docker.io"
-# containerd's limit too: a manifest is small, and a registry that streams
-# without end must not fill memory.
-MANIFEST_LIMIT = 4 << 20
+# MANIFEST_LIMIT (image/limits.py) is containerd's limit too: a manifest is small, and a
+# registry that streams without end must not fill memory. A token answer is smaller still
+# (containers/image allows it 1 MiB).
+TOKEN_LIMIT = 1 << 20
 _ACCEPT_MANIFESTS = ", ".join(ACCEPTED_MANIFEST_TYPES)
 _CHUNK = 1 << 20
 _ERROR_BODY_LIMIT = 64 << 10
@@ -81,6 +84,10 @@ class RegistryError(Exception):
 
 class DigestMismatchError(RegistryError):
     """Bytes that do not hash to the digest they were asked for by."""
+
+
+class ResponseTooLarge(RegistryError, LimitExceeded):
+    """A manifest or token answer over its bound; the message names the bound."""
 
 
 class _TransientError(RegistryError):
@@ -534,21 +541,33 @@ class RegistryClient:
         origin = f"{realm.scheme}://{realm.netloc}"
         try:
             client = self._client(tls)
-            resp = await client.request(request.method, request.url, headers=request.headers, data=request.form)
+            sent = client.build_request(request.method, request.url, headers=request.headers, data=request.form)
+            resp = await client.send(sent, stream=True)
         except (OSError, ssl.SSLError) as e:
             raise RegistryError(f"cannot load ca_file for token server {origin}: {e}") from None
         except httpx.TransportError as e:
             raise _TransientError(f"cannot reach token server {origin}: {_cause(e)}") from None
         if resp.status_code >= 400:
-            words = error_words(resp.content)
+            words = error_words(await _read_error_body(resp))
             cls = _TransientError if resp.status_code in _TRANSIENT_STATUS else RegistryError
             raise cls(
                 f"token server {origin} answered {resp.status_code} {resp.reason_phrase}"
                 + (f": {words}" if words else ""),
                 resp.status_code,
             )
+        body = bytearray()
         try:
-            return parse_token_response(resp.content, time.monotonic())
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > TOKEN_LIMIT:
+                    raise ResponseTooLarge(f"token server {origin} answered with over {TOKEN_LIMIT} bytes, "
+                                           "the limit of a token answer")
+        except httpx.TransportError as e:
+            raise _TransientError(f"reading from token server {origin}: {_cause(e)}") from None
+        finally:
+            await resp.aclose()
+        try:
+            return parse_token_response(bytes(body), time.monotonic())
         except AuthError as e:
             raise RegistryError(f"token server {origin}: {e}") from None
 
@@ -560,12 +579,14 @@ class RegistryClient:
         try:
             declared = resp.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MANIFEST_LIMIT:
-                raise job.error(f"{what}manifest from {ep.url} is {declared} bytes, over the {MANIFEST_LIMIT} limit")
+                raise job.error(f"{what}manifest from {ep.url} is {declared} bytes, over the {MANIFEST_LIMIT} "
+                                "byte limit of a manifest", cls=ResponseTooLarge)
             data = bytearray()
             async for chunk in resp.aiter_bytes():
                 data += chunk
                 if len(data) > MANIFEST_LIMIT:
-                    raise job.error(f"{what}manifest from {ep.url} is over the {MANIFEST_LIMIT} byte limit")
+                    raise job.error(f"{what}manifest from {ep.url} is over the {MANIFEST_LIMIT} byte limit "
+                                    "of a manifest", cls=ResponseTooLarge)
         except httpx.TransportError as e:
             raise job.error(f"{what}reading from {ep.url}: {_cause(e)}", cls=_TransientError) from None
         finally:

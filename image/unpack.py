@@ -10,6 +10,10 @@ marker ``dir/.wh..wh..opq`` becomes the ``trusted.overlay.opaque=y`` xattr on
 Tar members are trusted with nothing outside the destination: absolute names,
 names that climb out with ``..``, and names whose parent path passes through a
 symlink are refused with :class:`UnsafeLayerError` before anything is written.
+
+Nor with the node's disk and memory: a layer's entries, its files' apparent sizes and
+each entry's tar headers are bounded (image/limits.py), and a sparse file keeps its
+holes as holes, so a few hundred bytes of layer cannot become gigabytes of zeros.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import unquote
 
 from .compression import LayerError, open_decompressed
+from .limits import HEADER_LIMIT, ImageLimits, LimitExceeded
 
-__all__ = ["LayerError", "UnpackResult", "UnsafeLayerError", "unpack_layer"]
+__all__ = ["ImageLimits", "LayerError", "LimitExceeded", "UnpackResult", "UnsafeLayerError", "unpack_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +60,36 @@ class UnsafeLayerError(LayerError):
 @dataclass
 class UnpackResult:
     diff_id: str  # "sha256:<hex>" of the uncompressed tar stream
-    size: int  # bytes of file content written
+    size: int  # bytes of file content written (a sparse file's data, not its holes)
     inodes: int  # inodes created (hard links create none)
 
 
-def unpack_layer(path: str, media_type: str | None, dest: str) -> UnpackResult:
+def unpack_layer(path: str, media_type: str | None, dest: str, limits: ImageLimits | None = None) -> UnpackResult:
     """Unpack the layer blob at ``path`` into the existing empty directory ``dest``.
 
     The result can be used as an overlayfs lowerdir above the directories of the
     layer's parents. Raises :class:`UnsafeLayerError` for an entry that would
-    escape ``dest``, :class:`LayerError` for a corrupt or malformed layer, and
-    OSError (with a note naming the entry) when the destination filesystem
-    fails. On any error ``dest`` holds partial output for the caller to delete.
-    Nothing is fsynced: the caller syncs the whole snapshot once (linux.libc.syncfs).
+    escape ``dest``, :class:`LayerError` for a corrupt or malformed layer,
+    :class:`LimitExceeded` for a layer over one of ``limits`` (checked before the
+    entry that crosses it is written), and OSError (with a note naming the entry)
+    when the destination filesystem fails. On any error ``dest`` holds partial
+    output for the caller to delete. Nothing is fsynced: the caller syncs the
+    whole snapshot once (linux.libc.syncfs).
     """
+    limits = limits or ImageLimits()
     with open_decompressed(path, media_type) as blob:
         stream = _TarStream(blob)
-        writer = _Writer(dest)
+        writer = _Writer(dest, limits.max_layer_size)
         entry = None
+        count = 0
         try:
             for archive, entry in _entries(stream):
+                count += 1
+                if count > limits.max_layer_entries:
+                    raise LimitExceeded(
+                        f"layer {path} has more than {limits.max_layer_entries} entries, the limit "
+                        f"([image] max_layer_entries); {entry.name!r} is one too many"
+                    )
                 writer.apply(entry, archive, stream)
             entry = None
             writer.finish()
@@ -99,9 +114,16 @@ def _entries(stream: _TarStream):
     """
     if not stream.peek(_BLOCK):
         return  # an empty blob is an empty layer to Go's archive/tar too
-    # typeshed's _Fileobj also wants write() and close(), which reading never calls.
-    archive = tarfile.open(fileobj=stream, mode="r:", errors="surrogateescape")  # type: ignore[call-overload]
+    # tarfile reads an entry's headers (pax records, GNU long names, sparse maps) whole
+    # into memory, however long the layer says they are: each entry's get a budget.
+    stream.limit_reads(HEADER_LIMIT)
+    try:
+        # typeshed's _Fileobj also wants write() and close(), which reading never calls.
+        archive = tarfile.open(fileobj=stream, mode="r:", errors="surrogateescape")  # type: ignore[call-overload]
+    except RecursionError:
+        raise _chained(0) from None
     member = archive.next()
+    stream.limit_reads(None)
     while member is not None:
         yield archive, member
         stream.skip_to(archive.offset)
@@ -111,9 +133,21 @@ def _entries(stream: _TarStream):
             return
         if len(head) < _BLOCK:
             raise LayerError(f"tar is truncated inside the header at byte {archive.offset}")
-        member = archive.next()
+        stream.limit_reads(HEADER_LIMIT)
+        try:
+            member = archive.next()
+        except RecursionError:
+            raise _chained(archive.offset) from None
+        stream.limit_reads(None)
         if member is None:
             raise LayerError(f"invalid tar header at byte {archive.offset}")
+
+
+def _chained(offset: int) -> LayerError:
+    # tarfile reads each pax or GNU header that precedes an entry by calling itself again;
+    # a few hundred of them in a row (a few hundred KiB, within HEADER_LIMIT) exhaust Python's
+    # recursion limit. Writers put one or two before an entry.
+    return LayerError(f"the entry at byte {offset} is preceded by hundreds of chained tar headers")
 
 
 class _TarStream:
@@ -123,20 +157,27 @@ class _TarStream:
     extra copying of its stream mode and lets _entries peek at headers.
     """
 
-    def __init__(self, src: BinaryIO):
+    def __init__(self, src: BinaryIO, hashing: bool = True):
         self._src = src
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hashing else None
         self._buf = b""
         self._at = 0  # read position in _buf
         self._pos = 0  # read position in the whole stream
+        self._budget: int | None = None  # bytes read() may still return; None: no bound
+
+    def limit_reads(self, budget: int | None) -> None:
+        """Bound what read() returns from now on (tarfile reads headers with it; file data
+        goes through readinto), or lift the bound with None."""
+        self._budget = budget
 
     def _pull(self) -> bytes:
         chunk = self._src.read(_CHUNK)
-        if chunk:
+        if chunk and self._hash is not None:
             self._hash.update(chunk)
         return chunk
 
     def hexdigest(self) -> str:
+        assert self._hash is not None  # made with hashing
         return self._hash.hexdigest()
 
     def tell(self) -> int:
@@ -151,6 +192,11 @@ class _TarStream:
     def read(self, n: int = -1) -> bytes:
         if n < 0:
             raise OSError(errno.EINVAL, "layer stream reads need a size")
+        if self._budget is not None:
+            if n > self._budget:
+                raise LimitExceeded(f"the tar headers of the entry at byte {self._pos} are over the "
+                                    f"{HEADER_LIMIT} byte limit (as Go's archive/tar bounds them)")
+            self._budget -= n
         if n <= len(self._buf) - self._at:
             piece = self._buf[self._at:self._at + n]
             self._at += n
@@ -213,10 +259,12 @@ class _TarStream:
 class _Writer:
     """Applies tar members to the destination directory in overlayfs form."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, max_size: int):
         self.root = root
         self.size = 0
         self.inodes = 0
+        self.max_size = max_size
+        self.apparent = 0  # the files' sizes as the layer declares them, holes included
         # Directories (relative paths) known to be real directories in root: a
         # parent found here needs no lstat walk to prove it is not a symlink.
         self._dirs = {""}
@@ -264,15 +312,22 @@ class _Writer:
             os.utime(self._path(rel), ns=(ns, ns), follow_symlinks=False)
 
     def _file(self, member, rel, full, archive, stream) -> None:
+        # Counted before anything is made: a layer over the bound writes none of the entry.
+        if self.apparent + member.size > self.max_size:
+            raise LimitExceeded(
+                f"entry {member.name!r} ({member.size} bytes) takes the layer's files past "
+                f"{self.max_size} bytes, the limit ([image] max_layer_size)"
+            )
+        self.apparent += member.size
+        regions = _sparse_regions(member, archive.offset - member.offset_data) if member.sparse is not None else None
         fd = self._create(rel, full, os.open, full, _CREATE_FILE, 0o600)
         try:
-            if member.size:
-                if member.sparse is not None:
-                    read = archive.extractfile(member).readinto
-                else:
-                    stream.skip_to(member.offset_data)
-                    read = stream.readinto
-                self._copy(read, fd, member.size, member.name)
+            written = member.size
+            if regions is not None:
+                written = self._sparse(regions, fd, member, stream)
+            elif member.size:
+                stream.skip_to(member.offset_data)
+                self._copy(stream.readinto, fd, member.size, member.name)
             # Ownership before mode, since chown clears setuid/setgid; xattrs
             # after both, since chown and writes drop security.capability.
             os.fchown(fd, member.uid, member.gid)
@@ -282,8 +337,20 @@ class _Writer:
             os.utime(fd, ns=(ns, ns))
         finally:
             os.close(fd)
-        self.size += member.size
+        self.size += written
         self.inodes += 1
+
+    def _sparse(self, regions: list[tuple[int, int]], fd: int, member, stream: _TarStream) -> int:
+        """Write a sparse file's data regions where they belong and leave its holes as holes
+        (tarfile's own extraction writes them out as zeros). Returns the bytes written."""
+        stream.skip_to(member.offset_data)  # the regions' data, one after the other
+        written = 0
+        for offset, length in regions:
+            os.lseek(fd, offset, os.SEEK_SET)
+            self._copy(stream.readinto, fd, length, member.name)
+            written += length
+        os.ftruncate(fd, member.size)  # a hole at the end too
+        return written
 
     def _copy(self, read, fd: int, size: int, name: str) -> None:
         buf = self._buf
@@ -408,14 +475,39 @@ class _Writer:
                 log.warning("ignoring xattr %s of %r: %s", name, member.name, e.strerror)
 
 
-def _clean(name: str, what: str | None = None) -> str:
+def _sparse_regions(member: tarfile.TarInfo, stored: int) -> list[tuple[int, int]]:
+    """A sparse member's data regions (offset, length), checked as Go's archive/tar checks
+    them: in order, not overlapping, inside the file, and no more data than the entry holds."""
+    regions = []
+    end = total = 0
+    # typeshed has sparse as bytes; tarfile makes it a list of (offset, length) pairs.
+    sparse = cast(list[tuple[int, int]], member.sparse or [])
+    for offset, length in sparse:
+        if offset < 0 or length < 0:
+            raise LayerError(f"sparse entry {member.name!r} has a negative offset or length in its map")
+        if not length:
+            continue  # GNU tar pads its map with empty regions
+        if offset < end:
+            raise LayerError(f"sparse entry {member.name!r} has regions out of order or overlapping at byte {offset}")
+        end = offset + length
+        if end > member.size:
+            raise LayerError(f"sparse entry {member.name!r} has a region ending at byte {end}, "
+                             f"past its size of {member.size}")
+        total += length
+        regions.append((offset, length))
+    if total > stored:
+        raise LayerError(f"sparse entry {member.name!r} maps {total} bytes of data but holds {stored}")
+    return regions
+
+
+def _clean(name: str, what: str | None = None, root: str = "the layer root") -> str:
     """Return the member name relative to the root ("" for the root), or refuse it."""
     what = what or f"entry {name!r}"
     if name.startswith("/"):
         raise UnsafeLayerError(f"{what} has an absolute path")
     norm = posixpath.normpath(name) if name else "."
     if norm == ".." or norm.startswith("../"):
-        raise UnsafeLayerError(f"{what} climbs out of the layer root")
+        raise UnsafeLayerError(f"{what} climbs out of {root}")
     return "" if norm == "." else norm
 
 

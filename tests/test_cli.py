@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.daemon import registry_config
+from tests.fixtures.layers import realpath_escape
 from tests.pods import Pods, serving
 
 
@@ -180,3 +181,83 @@ def test_login_then_push_with_the_token_flow(daemon, registry, token_registry, t
     assert as_json(daemon, "pull", target, env=env)["id"] == info.config_digest
     cricket(daemon, "logout", token_registry.host, env=env)
     cricket(daemon, "rmi", target, info.reference(registry))
+
+
+# -- files the CLI writes: nothing planted beside them can redirect or widen them -------------
+
+
+def offline(*args, env) -> subprocess.CompletedProcess:
+    """The CLI for a command that needs no daemon (login, logout)."""
+    return subprocess.run([sys.executable, "-m", "cli.main", "--socket", "/nonexistent/cricket.sock", *args],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **env})
+
+
+def mode(path) -> int:
+    return os.lstat(path).st_mode & 0o7777
+
+
+def test_login_ignores_a_tmp_file_planted_with_wide_mode(tmp_path):
+    auth = tmp_path / "auth.json"
+    planted = tmp_path / "auth.json.tmp"  # where the old code wrote, keeping the file's mode
+    planted.write_text("planted\n")
+    planted.chmod(0o644)
+    done = offline("login", "registry.example", "-u", "alice", "-p", "wonderland", env={"CRICKET_AUTH_FILE": str(auth)})
+    assert done.returncode == 0, done.stderr
+    assert mode(auth) == 0o600 and not os.path.islink(auth)
+    assert json.loads(auth.read_text())["auths"]["registry.example"]["auth"]
+    assert planted.read_text() == "planted\n" and mode(planted) == 0o644  # not ours: left alone
+    assert sorted(os.listdir(tmp_path)) == ["auth.json", "auth.json.tmp"]  # no temporary file left
+
+
+def test_login_does_not_write_through_a_planted_symlink(tmp_path):
+    auth = tmp_path / "auth.json"
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    victim.chmod(0o644)
+    (tmp_path / "auth.json.tmp").symlink_to(victim)
+    env = {"CRICKET_AUTH_FILE": str(auth)}
+    assert offline("login", "registry.example", "-u", "alice", "-p", "wonderland", env=env).returncode == 0
+    assert victim.read_text() == "keep me\n" and mode(victim) == 0o644
+    assert mode(auth) == 0o600 and not os.path.islink(auth)
+    # A symlink at the file itself is replaced, not written through: the credentials would
+    # land in whatever file it names, with that file's mode.
+    auth.unlink()
+    victim.write_text('{"auths": {}}')
+    auth.symlink_to(victim)
+    assert offline("login", "registry.example", "-u", "bob", "-p", "builder", env=env).returncode == 0
+    assert victim.read_text() == '{"auths": {}}' and not os.path.islink(auth) and mode(auth) == 0o600
+    assert offline("logout", "registry.example", env=env).returncode == 0
+    assert json.loads(auth.read_text()) == {"auths": {}} and mode(auth) == 0o600
+
+
+def test_save_does_not_write_through_a_planted_symlink(daemon, registry, test_images, tmp_path):
+    ref = test_images["busybox"].reference(registry)
+    cricket(daemon, "pull", ref)
+    out = tmp_path / "busybox.tar"
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (tmp_path / "busybox.tar.part").symlink_to(victim)  # where the old code wrote
+    cricket(daemon, "save", "-o", str(out), ref)
+    assert victim.read_text() == "keep me\n"
+    assert not os.path.islink(out) and mode(out) == 0o666 & ~current_umask()
+    assert "manifest.json" in subprocess.run(["tar", "tf", str(out)], capture_output=True, text=True).stdout
+    assert sorted(os.listdir(tmp_path)) == ["busybox.tar", "busybox.tar.part", "victim"]
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_load_of_an_archive_that_escapes_by_realpath_is_refused(daemon, tmp_path):
+    # CVE-2025-4517 against tarfile's "data" filter on this Python: the archive's last file
+    # would land three levels above the extraction directory, in the daemon's state dir.
+    archive = tmp_path / "escape.tar"
+    archive.write_bytes(realpath_escape("../../.."))
+    bad = cricket(daemon, "load", "-i", str(archive), check=False)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert "archive member 'a' is a symlink" in bad.stderr and "needs no links" in bad.stderr
+    assert not os.path.exists(os.path.join(daemon.state, "pwned"))
+    assert os.listdir(os.path.join(daemon.state, "admin")) == []  # the extraction is gone

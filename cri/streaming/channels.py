@@ -65,6 +65,7 @@ async def spdy_channels(session: SpdySession, opts: Options, protocol: str) -> S
         if stream is None:
             return None
         streams[stream.header("streamType")] = stream
+    session.stop_accepting()  # nothing would read more streams' data
     return SpdyChannels(session, streams, protocol)
 
 

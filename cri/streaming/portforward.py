@@ -52,7 +52,10 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rec
             if writer.can_write_eof():
                 writer.write_eof()
         except (ConnectionError, OSError):
-            pass
+            # The pod's side is gone, but the client may still send: its data is read and
+            # dropped, since data left unread holds up the client's whole session.
+            while await recv():
+                pass
 
     async def from_socket():
         try:
@@ -87,6 +90,10 @@ async def serve_spdy(session: SpdySession, netns: str, sandbox_id: str) -> None:
     tasks: set[asyncio.Task] = set()
     try:
         while (stream := await session.next_stream(timeout=None)) is not None:
+            # Halves of pairs whose streams have closed are dropped: a client that opens only
+            # data streams would otherwise pile them up here for the session's life.
+            for rid in [rid for rid, p in pending.items() if all(s.id not in session.streams for s in p.values())]:
+                del pending[rid]
             request_id = stream.header("requestID") or str(stream.id)
             pair = pending.setdefault(request_id, {})
             pair[stream.header("streamType")] = stream

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Output still arriving after the process exited (a child it left holding the pipe) gets this long.
 DRAIN_SECONDS = 2.0
+RESIZE_LIMIT = 4096  # bytes of a resize stream kept while waiting for a whole {"Width", "Height"}
 _READ = 64 * 1024
 
 
@@ -165,7 +166,10 @@ async def _pump_in(ch: Channels, fd: int, close_at_end: bool) -> None:
         while data := await ch.read_stdin():
             await write_fd(fd, data)
     except OSError:
-        pass
+        # The process closed its stdin; what the client still sends is read and dropped, since
+        # data left unread holds up the client's whole connection.
+        while await ch.read_stdin():
+            pass
     finally:
         if close_at_end:
             _close([fd])
@@ -176,6 +180,10 @@ async def _pump_resize(ch: Channels, resize) -> None:
     decoder, buffered = json.JSONDecoder(), ""
     while data := await ch.read_resize():
         buffered += data.decode(errors="replace")
+        if len(buffered) > RESIZE_LIMIT:
+            # A size is some twenty bytes; this much without one whole is no size at all.
+            log.info("streaming: dropped %d bytes of resize data that hold no terminal size", len(buffered))
+            buffered = ""
         while buffered.strip():
             try:
                 size, end = decoder.raw_decode(buffered.lstrip())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 import h11
 
@@ -31,6 +32,11 @@ WS_PORTFORWARD = ("v4.channel.k8s.io", "portforward.k8s.io")
 KINDS = {"exec": pb.ExecRequest, "attach": pb.AttachRequest, "portforward": pb.PortForwardRequest}
 
 REQUEST_SECONDS = 30.0  # for the request line and headers to arrive
+# Connections one client address may hold at once, from the first byte to the session's end.
+# Behind kubelet every session comes from kubelet's address, so this is also about the most
+# exec, attach and port-forward sessions a node runs at once; beyond it a client is refused
+# with 429 rather than let it take every descriptor the daemon has.
+MAX_CONNECTIONS_PER_CLIENT = 128
 _MAX_HEADERS = 64 * 1024
 _READ = 64 * 1024
 
@@ -43,13 +49,16 @@ class HttpRefusal(Exception):
 
 
 class StreamingServer:
-    def __init__(self, rt: Runtime, address: str, port: int):
+    def __init__(self, rt: Runtime, address: str, port: int,
+                 max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT):
         self.rt = rt
         self.address = address
         self.port = port
         self.cache = RequestCache()
+        self.max_connections_per_client = max_connections_per_client
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._per_client: Counter[str] = Counter()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.address, self.port)
@@ -84,6 +93,14 @@ class StreamingServer:
         assert task is not None  # asyncio.start_server runs each connection as a task
         self._connections.add(task)  # so that stop() ends it
         task.add_done_callback(self._connections.discard)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0] if isinstance(peer, tuple) else peer)
+        if self._per_client[client] >= self.max_connections_per_client:
+            log.warning("streaming: refused a connection from %s, which holds %d already (the limit)",
+                        client, self._per_client[client])
+            await _too_many(reader, writer, client, self.max_connections_per_client)
+            return
+        self._per_client[client] += 1
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADERS)
         try:
             request = await asyncio.wait_for(_read_request(http, reader), REQUEST_SECONDS)
@@ -98,6 +115,9 @@ class StreamingServer:
             log.exception("streaming: a connection failed")
         finally:
             writer.close()
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
 
     async def _dispatch(self, http: h11.Connection, request: h11.Request, reader, writer) -> None:
         parts = request.target.decode("latin-1").split("?")[0].strip("/").split("/")
@@ -194,6 +214,25 @@ async def _read_request(http: h11.Connection, reader: asyncio.StreamReader) -> h
                 raise ConnectionError("the client left before its request was whole")
         elif isinstance(event, h11.ConnectionClosed):
             raise ConnectionError("the client left")
+
+
+async def _too_many(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str, limit: int) -> None:
+    """Answer 429 before the request is read (h11 will not answer what it has not read), then
+    read what the client sent for a moment: closing on unread data would reset the connection
+    and lose the answer."""
+    body = (f"too many streaming connections from {client}: {limit} at once is the limit\n").encode()
+    head = (f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        await asyncio.wait_for(reader.read(_MAX_HEADERS), 1.0)
+    except (TimeoutError, ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
 
 
 async def _refuse(http: h11.Connection, writer: asyncio.StreamWriter, status: int, message: str) -> None:

@@ -112,6 +112,7 @@ MAX_FRAME_LENGTH = 2**24 - 1  # the length field has 24 bits
 MAX_HEADER_BLOCK = 256 * 1024
 # Outgoing DATA frames are cut to this size so one stream cannot hold the line for long.
 DEFAULT_MAX_DATA_FRAME = 64 * 1024
+_RESET_MEMORY = 1024
 
 
 def _build_dictionary() -> bytes:
@@ -639,7 +640,8 @@ class Connection:
         self._out: list[bytes] = []
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, None] = {}  # streams with data waiting, in arrival order
-        self._reset_ids: set[int] = set()  # streams we reset: the peer's late frames are dropped
+        # Streams we reset, the latest _RESET_MEMORY of them: the peer's late frames are dropped.
+        self._reset_ids: dict[int, None] = {}
         self._next_stream_id = 1 if client else 2
         self._next_ping_id = 1 if client else 2
         self._pings_out: set[int] = set()
@@ -753,7 +755,7 @@ class Connection:
         if stream is None:
             return
         self._blocked.pop(stream_id, None)
-        self._reset_ids.add(stream_id)
+        self._remember_reset(stream_id)
         self._queue(RstStream(stream_id, status_code))
 
     def goaway(self, status_code: int = GoAwayStatus.OK) -> None:
@@ -888,6 +890,13 @@ class Connection:
             if self.flow_control and self._send_session_window <= 0:
                 break
 
+    def _remember_reset(self, stream_id: int) -> None:
+        # Bounded: a peer opening streams only to have them refused must not grow it without
+        # end. A late frame of a stream forgotten here gets an RST_STREAM, which is harmless.
+        self._reset_ids[stream_id] = None
+        if len(self._reset_ids) > _RESET_MEMORY:
+            del self._reset_ids[next(iter(self._reset_ids))]
+
     def _forget_if_done(self, stream: _Stream) -> None:
         if stream.local_closed and stream.remote_closed and not stream.pending and not stream.pending_fin:
             self._streams.pop(stream.id, None)
@@ -924,7 +933,7 @@ class Connection:
     def _stream_error(self, stream_id: int, status: int, events: list[Event]) -> None:
         stream = self._streams.pop(stream_id, None)
         self._blocked.pop(stream_id, None)
-        self._reset_ids.add(stream_id)
+        self._remember_reset(stream_id)
         self._queue(RstStream(stream_id, status))
         if stream is not None:
             events.append(StreamError(stream_id, status))

@@ -14,6 +14,13 @@ from cri.streaming import spdy
 
 log = logging.getLogger(__name__)
 _READ = 64 * 1024
+# Streams a client may hold open in one session: an exec needs five, a port-forward two per
+# connection it forwards. More are refused (RST_STREAM REFUSED_STREAM), as the spec has it.
+MAX_STREAMS = 256
+# Data from the client not yet read by whoever serves its streams. Kubernetes' SPDY has no flow
+# control, so this is the session's: past it the session stops reading from its socket until
+# the data is consumed, and TCP holds the client back.
+INBOUND_LIMIT = 4 << 20
 
 
 class SpdyStream:
@@ -31,7 +38,9 @@ class SpdyStream:
 
     async def read(self) -> bytes:
         """The next data from the client; b"" once it has closed its side."""
-        return await self._inbound.get()
+        data = await self._inbound.get()
+        self.session._consumed(len(data))
+        return data
 
     async def write(self, data: bytes) -> None:
         await self.session.send(self.id, data)
@@ -43,6 +52,7 @@ class SpdyStream:
     def _deliver(self, data: bytes) -> None:
         if not self._ended:
             self._inbound.put_nowait(data)
+            self.session._buffered(len(data))
 
     def _end(self) -> None:
         if not self._ended:
@@ -51,15 +61,36 @@ class SpdyStream:
 
 
 class SpdySession:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, already_read: bytes = b""):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, already_read: bytes = b"",
+                 max_streams: int = MAX_STREAMS, inbound_limit: int = INBOUND_LIMIT):
         self.reader = reader
         self.writer = writer
         self.conn = spdy.Connection(client=False, flow_control=False)
-        self.streams: dict[int, SpdyStream] = {}
+        self.streams: dict[int, SpdyStream] = {}  # the open ones
         self.opened: asyncio.Queue[SpdyStream | None] = asyncio.Queue()  # None: the session ended
         self.closed = asyncio.Event()
+        self.max_streams = max_streams
+        self.accepting = True  # False once the application wants no more streams
+        self.inbound_limit = inbound_limit
+        self._unread = 0
+        self._room = asyncio.Event()  # set while _unread is within the limit
+        self._room.set()
         self._already_read = already_read
         self._task: asyncio.Task | None = None
+
+    def stop_accepting(self) -> None:
+        """Refuse the streams the client opens from now on (an exec has all it needs)."""
+        self.accepting = False
+
+    def _buffered(self, size: int) -> None:
+        self._unread += size
+        if self._unread > self.inbound_limit:
+            self._room.clear()
+
+    def _consumed(self, size: int) -> None:
+        self._unread -= size
+        if self._unread <= self.inbound_limit:
+            self._room.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._read_loop())
@@ -80,6 +111,7 @@ class SpdySession:
                     for event in events:
                         self._on_event(event)
                     await self._flush()
+                await self._room.wait()
                 data = await self.reader.read(_READ)
                 if not data:
                     return
@@ -91,6 +123,15 @@ class SpdySession:
     def _on_event(self, event) -> None:
         stream: SpdyStream | None
         if isinstance(event, spdy.SynStream):
+            # Streams closed both ways are forgotten here, so the count is of open ones.
+            for sid in [sid for sid in self.streams if self.conn.stream_state(sid) is spdy.StreamState.CLOSED]:
+                del self.streams[sid]
+            if not self.accepting or len(self.streams) >= self.max_streams:
+                self.conn.reset(event.stream_id, spdy.REFUSED_STREAM)
+                log.info("streaming: refused stream %d of a client: %s", event.stream_id,
+                         f"{self.max_streams} open streams is the limit of a session" if self.accepting
+                         else "the session has all the streams it needs")
+                return
             stream = SpdyStream(self, event.stream_id, {k.lower(): v for k, v in event.headers})
             self.streams[event.stream_id] = stream
             self.conn.reply(event.stream_id)  # Kubernetes clients wait for the reply, which carries nothing
@@ -119,6 +160,7 @@ class SpdySession:
             stream._end()
         self.opened.put_nowait(None)
         self.closed.set()
+        self._room.set()
 
     async def _flush(self) -> None:
         out = self.conn.data_to_send()

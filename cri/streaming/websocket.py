@@ -22,13 +22,16 @@ from wsproto.events import (
 
 CLOSE_CHANNEL = 255
 _READ = 64 * 1024
+# Data from the client not yet read by whoever serves its channels: past this the socket is not
+# read until it is consumed, and TCP holds the client back (as in spdy_session.py).
+INBOUND_LIMIT = 4 << 20
 
 
 class ChannelSocket:
     """Channels in, channels out; one inbound queue per channel, b"" when the peer closed it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: h11.Request,
-                 subprotocol: str, already_read: bytes = b""):
+                 subprotocol: str, already_read: bytes = b"", inbound_limit: int = INBOUND_LIMIT):
         self.reader = reader
         self.writer = writer
         self.subprotocol = subprotocol
@@ -40,6 +43,10 @@ class ChannelSocket:
         self._partial = b""
         self.closed = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.inbound_limit = inbound_limit
+        self._unread = 0
+        self._room = asyncio.Event()  # set while _unread is within the limit
+        self._room.set()
 
     async def accept(self) -> None:
         self.writer.write(self.ws.send(AcceptConnection(subprotocol=self.subprotocol)))
@@ -54,7 +61,17 @@ class ChannelSocket:
         return self._inbound[number]
 
     async def read(self, number: int) -> bytes:
-        return await self.channel(number).get()
+        data = await self.channel(number).get()
+        self._unread -= len(data)
+        if self._unread <= self.inbound_limit:
+            self._room.set()
+        return data
+
+    def _deliver(self, number: int, data: bytes) -> None:
+        self.channel(number).put_nowait(data)
+        self._unread += len(data)
+        if self._unread > self.inbound_limit:
+            self._room.clear()
 
     async def write(self, number: int, data: bytes) -> None:
         if self.closed.is_set():
@@ -76,6 +93,7 @@ class ChannelSocket:
                     for event in self.ws.events():
                         if not await self._on_event(event):
                             return
+                await self._room.wait()
                 data = await self.reader.read(_READ)
                 if not data:
                     self.ws.receive_data(None)
@@ -84,6 +102,7 @@ class ChannelSocket:
             return
         finally:
             self.closed.set()
+            self._room.set()
             for queue in self._inbound.values():
                 queue.put_nowait(b"")
 
@@ -91,6 +110,11 @@ class ChannelSocket:
         if isinstance(event, (BytesMessage, TextMessage)):
             data = event.data if isinstance(event, BytesMessage) else event.data.encode()
             self._partial += data
+            if len(self._partial) > self.inbound_limit:
+                # One message this big is no channel traffic a Kubernetes client sends.
+                self.writer.write(self.ws.send(CloseConnection(code=1009, reason="message too big")))
+                await self.writer.drain()
+                return False
             if not event.message_finished:
                 return True
             message, self._partial = self._partial, b""
@@ -101,7 +125,7 @@ class ChannelSocket:
                 if payload:
                     self.channel(payload[0]).put_nowait(b"")
             elif payload:
-                self.channel(number).put_nowait(payload)
+                self._deliver(number, payload)
             return True
         if isinstance(event, Ping):
             self.writer.write(self.ws.send(event.response()))

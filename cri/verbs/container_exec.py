@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -16,20 +17,33 @@ from cri.errors import (
 from cri.records import RUNNING
 from cri.runtime import Container, Runtime
 
-# Output kept per stream; more is read and dropped, so the command never blocks on a full pipe.
-OUTPUT_LIMIT = 16 << 20
+log = logging.getLogger(__name__)
+
+# Output kept of stdout and stderr together; more is read and dropped, so the command never
+# blocks on a full pipe. The answer must reach kubelet, whose CRI client takes messages of up
+# to 16 MiB (k8s.io/cri-client's maxMsgSize): the two streams and the message's own few bytes
+# have to fit in that, or kubelet gets no answer at all (not even the exit code).
+OUTPUT_LIMIT = (16 << 20) - (4 << 10)
 # Output still arriving after the command exited (a child it left holding the pipe) gets this long.
 DRAIN_SECONDS = 2.0
 
 
-class _Collector:
-    """Reads a pipe to its end in the event loop, keeping up to `limit` bytes."""
+class _Budget:
+    """The bytes of output still to keep, shared by a command's stdout and stderr."""
 
-    def __init__(self, fd: int, limit: int = OUTPUT_LIMIT):
-        self.fd = fd
+    def __init__(self, limit: int):
         self.limit = limit
+        self.left = limit
+        self.dropped = 0
+
+
+class _Collector:
+    """Reads a pipe to its end in the event loop, keeping what its budget allows."""
+
+    def __init__(self, fd: int, budget: _Budget):
+        self.fd = fd
+        self.budget = budget
         self.chunks: list[bytes] = []
-        self.size = 0
         self.done = asyncio.get_running_loop().create_future()
         os.set_blocking(fd, False)
         asyncio.get_running_loop().add_reader(fd, self._read)
@@ -40,9 +54,10 @@ class _Collector:
         except BlockingIOError:
             return
         if data:
-            keep = data[: max(0, self.limit - self.size)]
+            keep = data[: self.budget.left]
             self.chunks.append(keep)
-            self.size += len(keep)
+            self.budget.left -= len(keep)
+            self.budget.dropped += len(data) - len(keep)
             return
         self.close()
 
@@ -63,7 +78,8 @@ async def exec_sync(rt: Runtime, c: Container, cmd: list[str], timeout: float) -
     process["terminal"] = False
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    stdout, stderr = _Collector(out_r), _Collector(err_r)
+    budget = _Budget(OUTPUT_LIMIT)
+    stdout, stderr = _Collector(out_r, budget), _Collector(err_r, budget)
     exec_id = secrets.token_hex(8)
     try:
         try:
@@ -81,6 +97,10 @@ async def exec_sync(rt: Runtime, c: Container, cmd: list[str], timeout: float) -
     finally:
         stdout.close()
         stderr.close()
+    if budget.dropped:
+        # Cut, not failed: the exit code is what probes and scripts act on, and it would be lost.
+        log.warning("exec %r in container %s: kept the first %d bytes of its output, the ExecSync limit; "
+                    "dropped %d more", cmd, c.id, budget.limit, budget.dropped)
     return pb.ExecSyncResponse(stdout=stdout.done.result(), stderr=stderr.done.result(), exit_code=code)
 
 

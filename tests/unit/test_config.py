@@ -2,6 +2,7 @@ import pytest
 
 from cri import config as configuration
 from cri.config import ConfigError, load
+from image.limits import ImageLimits
 
 
 def test_defaults_without_a_file():
@@ -52,6 +53,11 @@ def test_file_then_flags(tmp_path):
         ("log_level = 'loud'", "log_level: want one of"),
         ("root_dir = 'relative/dir'", "root_dir: want an absolute path"),
         ("root_dir = ", "config file"),
+        ("[image]\nmax_layer_size = 0", "image.max_layer_size: must be positive"),
+        ("[image]\nmax_layer_entries = -5", "image.max_layer_entries: must be positive"),
+        ("[image]\nmax_layer_entries = 0.5", "image.max_layer_entries: want a whole number"),
+        ("[image]\nmax_concurrent_downloads = 2.5", "image.max_concurrent_downloads: want a whole number"),
+        ("[image]\nmax_layer_size = '64G'", "image.max_layer_size: want a number"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, words):
@@ -93,3 +99,16 @@ def test_bad_runtimes_are_refused(tmp_path, text, words):
     f.write_text(text)
     with pytest.raises(ConfigError, match=words):
         load(str(f))
+
+
+def test_layer_bounds_default_to_the_unpackers_and_can_be_set(tmp_path):
+    # The daemon's defaults are the bounds image/ applies when nothing is configured (an
+    # archive load's puller), and the README's reference says the same.
+    cfg = load(None)
+    assert (cfg.image.max_layer_size, cfg.image.max_layer_entries) == (64 << 30, 1_000_000)
+    assert ImageLimits() == ImageLimits(cfg.image.max_layer_size, cfg.image.max_layer_entries)
+    path = tmp_path / "c.toml"
+    path.write_text("[image]\nmax_layer_size = 1e9\nmax_layer_entries = 500\n")
+    cfg = load(str(path))
+    assert cfg.image.max_layer_size == 1_000_000_000 and type(cfg.image.max_layer_size) is int
+    assert cfg.image.max_layer_entries == 500

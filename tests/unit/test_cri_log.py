@@ -64,3 +64,16 @@ def test_split_anywhere_gives_the_same_lines():
 def test_stream_must_be_stdout_or_stderr():
     with pytest.raises(ValueError):
         LogFormatter("stdin")
+
+
+def test_a_line_without_end_is_held_to_line_max_at_most():
+    # A container that writes without newlines must not make its shim hold the output: every
+    # whole line_max part goes out as it comes, and less than one part waits.
+    f = LogFormatter("stdout", line_max=1000)
+    out = b""
+    for _ in range(200):
+        out += f.feed(b"x" * 65536, T)
+        assert len(f._pending) <= 1000
+    parts = lines(out)
+    assert {len(content) for _, _, content in parts} == {1000} and {tag for _, tag, _ in parts} == {b"P"}
+    assert sum(len(content) for _, _, content in parts) + len(f._pending) == 200 * 65536

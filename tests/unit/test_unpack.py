@@ -13,13 +13,16 @@ import pytest
 import zstandard
 
 from image.compression import GZIP, NONE, ZSTD, compression_of, open_decompressed, sniff
+from image.limits import HEADER_LIMIT
 from image.unpack import (
+    ImageLimits,
     LayerError,
+    LimitExceeded,
     UnpackResult,
     UnsafeLayerError,
     unpack_layer,
 )
-from tests.fixtures.layers import MTIME, compress, entry, tar_bytes
+from tests.fixtures.layers import MTIME, compress, entry, gnu_sparse_tar, pax_sparse, tar_bytes
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -484,3 +487,125 @@ def test_sniff_and_open_decompressed(layer_file):
     assert sniff(b"etc/") == NONE and sniff(b"") == NONE
     with open_decompressed(layer_file(gzip.compress(b"payload")), OCI_TAR) as f:
         assert f.read() == b"payload"
+
+
+# --- sparse files ---------------------------------------------------------------
+
+SPARSE_SIZE = 256 << 20
+SPARSE_REGIONS = [(4096, b"head"), (100 << 20, os.urandom(3 << 20)), (SPARSE_SIZE - 4, b"tail")]
+
+
+def sparse_layer(tmp_path, fmt: str) -> bytes:
+    if fmt == "gnu":
+        return gnu_sparse_tar(str(tmp_path), SPARSE_SIZE, SPARSE_REGIONS)
+    return tar_bytes(pax_sparse("sparse", SPARSE_SIZE, SPARSE_REGIONS, fmt), entry("after", data=b"next entry"))
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "0.1", "1.0"])
+def test_sparse_files_keep_their_holes(tmp_path, layer_file, dest, fmt):
+    # A few MiB of data in a 256 MiB file: it must land as the same few MiB, its holes as
+    # holes, not as 253 MiB of zeros (a 235-byte layer became 1 GiB that way).
+    result = unpack(layer_file, dest, sparse_layer(tmp_path, fmt), GZIP)
+    path = os.path.join(dest, "sparse")
+    st = os.stat(path)
+    assert st.st_size == SPARSE_SIZE
+    data_bytes = sum(len(chunk) for _, chunk in SPARSE_REGIONS)
+    assert st.st_blocks * 512 < data_bytes + (1 << 20), f"{st.st_blocks * 512} bytes on disk"
+    with open(path, "rb") as f:
+        for offset, chunk in SPARSE_REGIONS:
+            assert os.pread(f.fileno(), len(chunk), offset) == chunk
+        for hole in (0, 4100, 50 << 20, (100 << 20) - 1, SPARSE_SIZE - 5):
+            assert os.pread(f.fileno(), 1, hole) == b"\0"
+    assert result.size < data_bytes + (64 << 10)  # usage is its data (GNU tar rounds to blocks), not holes
+    if fmt != "gnu":
+        assert open(os.path.join(dest, "after"), "rb").read() == b"next entry"
+
+
+@pytest.mark.parametrize("regions, words", [
+    ([(100, b"a" * 10), (105, b"b" * 10)], "overlapping"),
+    ([(500, b"a" * 10), (100, b"b" * 10)], "out of order"),
+    ([(1020, b"a" * 10)], "past its size"),
+])
+def test_a_hostile_sparse_map_is_a_layer_error(layer_file, dest, regions, words):
+    with pytest.raises(LayerError, match=words):
+        unpack(layer_file, dest, tar_bytes(pax_sparse("f", 1024, regions)))
+
+
+def test_a_sparse_map_naming_more_data_than_the_entry_holds_is_a_layer_error(layer_file, dest):
+    info, data = pax_sparse("f", 1 << 20, [(0, b"x" * 100)])
+    info.pax_headers["GNU.sparse.map"] = "0,100,4096,100000"  # the second region's data is not there
+    with pytest.raises(LayerError, match="maps 100100 bytes of data but holds 512"):
+        unpack(layer_file, dest, tar_bytes((info, data), entry("next", data=b"y" * 100000)))
+
+
+# --- bounds ---------------------------------------------------------------------
+
+
+def test_a_layer_over_max_layer_size_fails_before_the_entry_that_crosses_it(layer_file, dest):
+    tar = tar_bytes(entry("a", data=b"a" * 600), entry("b", data=b"b" * 600))
+    with pytest.raises(LimitExceeded, match=r"'b'.* 1000 bytes, the limit \(\[image\] max_layer_size\)"):
+        unpack_layer(layer_file(tar), OCI_TAR, dest, ImageLimits(max_layer_size=1000))
+    assert os.listdir(dest) == ["a"]
+    # At the bound exactly is fine.
+    result = unpack_layer(layer_file(tar), OCI_TAR, dest, ImageLimits(max_layer_size=1200))
+    assert result.size == 1200
+
+
+def test_a_sparse_file_counts_at_its_apparent_size(tmp_path, layer_file, dest):
+    blob = gzip.compress(tar_bytes(pax_sparse("bomb", 1 << 30, [((1 << 30) - 4, b"tail")])))
+    assert len(blob) < 400  # the whole layer
+    with pytest.raises(LimitExceeded, match="'bomb' \\(1073741824 bytes\\).*max_layer_size"):
+        unpack_layer(layer_file(blob), OCI_GZIP, dest, ImageLimits(max_layer_size=512 << 20))
+    assert os.listdir(dest) == []
+
+
+def test_a_layer_over_max_layer_entries_fails_at_the_entry_past_it(layer_file, dest):
+    tar = tar_bytes(*(entry(f"f{i}") for i in range(11)))
+    with pytest.raises(LimitExceeded, match=r"more than 10 entries.*max_layer_entries.*'f10'"):
+        unpack_layer(layer_file(tar), OCI_TAR, dest, ImageLimits(max_layer_entries=10))
+    assert "f10" not in os.listdir(dest)
+    assert len(os.listdir(dest)) == 10
+    unpack_layer(layer_file(tar), OCI_TAR, dest, ImageLimits(max_layer_entries=11))
+
+
+def test_default_bounds_are_generous():
+    assert ImageLimits() == ImageLimits(max_layer_size=64 << 30, max_layer_entries=1_000_000)
+
+
+@pytest.mark.parametrize("kind", ["pax record", "long name"])
+def test_tar_headers_over_the_header_limit_are_refused_unread(layer_file, dest, kind):
+    # tarfile would read the whole header into memory: a small blob could ask for gigabytes.
+    info, data = entry("f", data=b"x")
+    huge = "y" * (HEADER_LIMIT + 1)
+    if kind == "pax record":
+        info.pax_headers = {"comment": huge}
+        tar = tar_bytes((info, data))
+    else:
+        info.name = "d/" + huge
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+            t.addfile(info, io.BytesIO(data))
+        tar = buf.getvalue()
+    with pytest.raises(LimitExceeded, match=f"over the {HEADER_LIMIT} byte limit"):
+        unpack(layer_file, dest, tar, GZIP)
+    assert os.listdir(dest) == []
+
+
+def test_a_sparse_map_of_endless_regions_is_refused(layer_file, dest):
+    # A PAX 1.0 map is read from the data by tarfile; one that claims a billion regions must
+    # not be read (and held) to the end of the layer.
+    info, _ = pax_sparse("f", 1 << 40, [(0, b"x")], "1.0")
+    endless = b"1000000000\n" + b"1\n" * (4 << 20)
+    info.size = len(endless)
+    with pytest.raises(LimitExceeded, match="byte limit"):
+        unpack(layer_file, dest, tar_bytes((info, endless)), GZIP)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_endless_chains_of_pax_headers_are_a_layer_error(layer_file, dest, first):
+    # tarfile recurses once per chained header: without a bound this is a RecursionError,
+    # an internal error rather than a refused layer.
+    chain = tarfile.TarInfo.create_pax_global_header({"comment": "x"}) * 3000
+    head = b"" if first else tar_bytes(entry("before", data=b"b"))[:1024]  # its header and data, no end
+    with pytest.raises(LayerError, match="chained tar headers"):
+        unpack(layer_file, dest, head + chain + tar_bytes(entry("f", data=b"x")))
