@@ -74,7 +74,10 @@ def test_privileged(kube, ns):
     kube.wait_ready(ns, "priv")
     kube.wait_ready(ns, "plain")
     assert int(status_field(kube, ns, "priv", "CapEff"), 16) & (1 << CAP_SYS_ADMIN)
-    # The host's devices are there, and /sys is writable.
+    # The host's devices are there.
     assert len(kube.exec(ns, "priv", "ls", "/dev").split()) > len(kube.exec(ns, "plain", "ls", "/dev").split())
-    assert "rw" in next(line for line in kube.exec(ns, "priv", "cat", "/proc/mounts").splitlines()
-                        if line.split()[1] == "/sys").split()[3].split(",")
+    if kube.runtime == "cricket":
+        # And /sys is writable, as Docker gives a privileged container. (containerd 1.6 with runc
+        # mounts it read-only in a pod network namespace; Kubernetes promises neither.)
+        assert "rw" in next(line for line in kube.exec(ns, "priv", "cat", "/proc/mounts").splitlines()
+                            if line.split()[1] == "/sys").split()[3].split(",")

@@ -63,6 +63,7 @@ def start(runtime: str) -> None:
         workdir = s.path("containerd")
         os.makedirs(workdir, exist_ok=True)
         config = s.path("config", "containerd.toml")
+        os.makedirs(os.path.dirname(config), exist_ok=True)
         with open(config, "w") as f:
             f.write(containerd_config(
                 workdir, os.path.join(workdir, "root"), socket_of("containerd"),
