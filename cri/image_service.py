@@ -1,4 +1,5 @@
-"""CRI ImageService: PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo."""
+"""CRI ImageService: PullImage, ListImages, StreamImages (the same list, in pages), ImageStatus,
+RemoveImage, ImageFsInfo."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cri import memory
 from cri.errors import handle_errors
+from cri.paging import streams_pages
 from cri.unimplemented import answer_unimplemented
 from image.metadata import ImageRecord
 from image.pull import Puller
@@ -80,13 +82,20 @@ class ImageService(pb_grpc.ImageServiceServicer):
 
     @handle_errors
     async def ListImages(self, request, context):
-        wanted = request.filter.image.image if request.HasField("filter") else ""
+        return pb.ListImagesResponse(images=self._list_images(request.filter))
+
+    @streams_pages(pb.StreamImagesResponse, "images")
+    async def StreamImages(self, request, context):
+        return self._list_images(request.filter)
+
+    def _list_images(self, f: pb.ImageFilter) -> list[pb.Image]:
+        wanted = f.image.image
         if wanted:
             rec = self._store.find(wanted)
             records = [rec] if rec else []
         else:
             records = self._store.list()
-        return pb.ListImagesResponse(images=[to_cri_image(r) for r in records])
+        return [to_cri_image(r) for r in records]
 
     @handle_errors
     async def ImageStatus(self, request, context):

@@ -1,5 +1,6 @@
 """CRI RuntimeService: the servicer, made of one class per verb family (as containerd keeps one
-file per verb), over the shared Runtime. Calls not built yet answer UNIMPLEMENTED by name."""
+file per verb), over the shared Runtime. Every call of the schema is served (a call added to it
+before it is built would answer UNIMPLEMENTED by name: tests/unit/test_cri_calls.py says which)."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,12 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cri.config import BUILTIN_HANDLER
 from cri.errors import handle_errors
+from cri.pod_cidr import PodCidrs
 from cri.runtime import Runtime
 from cri.stats import CpuRates
 from cri.streaming.server import StreamingServer
 from cri.unimplemented import answer_unimplemented
+from cri.verbs.container_checkpoint import ContainerCheckpoint
 from cri.verbs.container_create import ContainerCreate
 from cri.verbs.container_events import ContainerEvents
 from cri.verbs.container_exec import ContainerExec
@@ -23,6 +26,8 @@ from cri.verbs.container_status import ContainerStatusVerbs
 from cri.verbs.container_stop import ContainerStop
 from cri.verbs.container_stream import ContainerStream
 from cri.verbs.container_update import ContainerUpdate
+from cri.verbs.runtime_config import RuntimeConfigVerbs
+from cri.verbs.sandbox_checkpoint import SandboxCheckpoint
 from cri.verbs.sandbox_metrics import SandboxMetrics
 from cri.verbs.sandbox_port_forward import SandboxPortForward
 from cri.verbs.sandbox_remove import SandboxRemove
@@ -41,15 +46,17 @@ KUBE_API_VERSION = "0.1.0"
 @answer_unimplemented
 class RuntimeService(
     SandboxRun, SandboxStop, SandboxRemove, SandboxStatusVerbs, SandboxStats, SandboxMetrics,
-    SandboxUpdate, SandboxPortForward,
+    SandboxUpdate, SandboxPortForward, SandboxCheckpoint,
     ContainerCreate, ContainerStart, ContainerStop, ContainerRemove, ContainerStatusVerbs,
     ContainerExec, ContainerStream, ContainerEvents, ContainerLog, ContainerStats, ContainerUpdate,
+    ContainerCheckpoint, RuntimeConfigVerbs,
     pb_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, rt: Runtime, streaming: StreamingServer):
         self.rt = rt
         self.streaming = streaming
         self.rates = CpuRates()  # the last CPU sample of each cgroup, for the stats calls' rates
+        self.pod_cidrs = PodCidrs(rt.config.root_dir)  # as kubelet last gave them (UpdateRuntimeConfig)
 
     @handle_errors
     async def Version(self, request, context):
@@ -71,6 +78,7 @@ class RuntimeService(
         if request.verbose:
             info["config"] = json.dumps(self.rt.config.as_dict())
             info["runtimeHandlers"] = json.dumps({name: h.path for name, h in self.rt.handlers.items()})
+            info["podCIDRs"] = json.dumps(self.pod_cidrs.cidrs)
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,
@@ -83,7 +91,3 @@ class RuntimeService(
             # a pod that asks for Strict from a runtime that does not say so.
             features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
-
-    @handle_errors
-    async def RuntimeConfig(self, request, context):
-        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CGROUPFS))

@@ -4,7 +4,11 @@ CPU use in nano-cores is a rate, so it is computed from the previous sample of
 the same cgroup; the first sample of a container has none."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import stat
+import threading
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -14,33 +18,129 @@ from cri.records import RUNNING
 from cri.runtime import Container, Runtime, Sandbox
 from linux.cgroups import Cgroup, CgroupNotFound
 
+log = logging.getLogger(__name__)
 
-def disk_usage(path: str) -> tuple[int, int]:
-    """Bytes (allocated blocks, as du counts them) and inodes under `path`."""
+
+# A container's writable layer is the container's to fill: a walk of it is bounded. Past either
+# bound the walk stops and reports what it counted so far — an undercount, flagged `complete=False`
+# and logged — rather than hold a stats call (and a thread) for minutes over millions of files.
+MAX_WALK_ENTRIES = 1_000_000
+MAX_WALK_DEPTH = 512
+# kubelet asks every few seconds, for every container (ListContainerStats, ListPodSandboxStats, the
+# metrics); a walk's answer is reused this long, and walks of the same layer at once are one walk.
+DISK_USAGE_TTL = 5.0
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class DiskUsage(NamedTuple):
+    used: int  # bytes of allocated blocks, as du counts them
+    inodes: int
+    complete: bool  # False: a bound stopped the walk, and the figures are what it counted until then
+
+
+def disk_usage(path: str, max_entries: int = MAX_WALK_ENTRIES, max_depth: int = MAX_WALK_DEPTH) -> DiskUsage:
+    """Bytes (allocated blocks, as du counts them) and inodes under `path`, a hard-linked file once.
+
+    The tree is the container's while it runs, and it may swap any directory for a symlink at
+    any moment: the walk goes by descriptor, each directory opened under its parent's with
+    O_NOFOLLOW, so a symlink is counted as itself and never followed, and it never leaves the
+    tree's filesystem (a mount on it is counted, not entered). Blocking: call it off the event
+    loop. Bounded by `max_entries` and `max_depth` (see MAX_WALK_ENTRIES)."""
+    try:
+        root = os.open(path, _DIR_FLAGS)
+    except OSError:  # gone (the container was removed), or not a directory
+        return DiskUsage(0, 0, True)
     used = inodes = 0
     seen: set[tuple[int, int]] = set()
-    stack = [path]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
+    device = os.fstat(root).st_dev
+    complete = True
+    # Open directories, deepest last: (descriptor, its entries being read). At most max_depth.
+    stack = [(root, os.scandir(root))]
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                entries.close()
+                os.close(fd)
+                stack.pop()
+                continue
+            if inodes >= max_entries:
+                complete = False
+                break
+            try:
+                st = entry.stat(follow_symlinks=False)  # fstatat(fd, name, AT_SYMLINK_NOFOLLOW)
+            except OSError:
+                continue  # gone meanwhile
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
                     continue
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                used += st.st_blocks * 512
-                inodes += 1
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-    return used, inodes
+                seen.add(key)
+            used += st.st_blocks * 512
+            inodes += 1
+            if not stat.S_ISDIR(st.st_mode) or st.st_dev != device:
+                continue
+            if len(stack) >= max_depth:
+                complete = False
+                continue
+            try:
+                child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue  # gone, or swapped for a symlink or a file since the stat: not entered
+            stack.append((child, os.scandir(child)))
+    finally:
+        for fd, entries in stack:
+            entries.close()
+            os.close(fd)
+    if not complete:
+        log.warning("the walk of %s stopped at %d entries or %d levels: its disk usage is counted up to there",
+                    path, max_entries, max_depth)
+    return DiskUsage(used, inodes, complete)
+
+
+class DiskUsageCache:
+    """disk_usage() of each path, reused for DISK_USAGE_TTL seconds; callers asking for a path
+    being walked wait for that walk. Thread-safe: walks run in worker threads."""
+
+    def __init__(self, ttl: float = DISK_USAGE_TTL, walk=disk_usage):
+        self.ttl = ttl
+        self._walk = walk
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[float, DiskUsage]] = {}
+        self._walking: dict[str, threading.Event] = {}
+
+    def get(self, path: str) -> DiskUsage:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                known = self._known.get(path)
+                if known is not None and known[0] > now:
+                    return known[1]
+                walking = self._walking.get(path)
+                if walking is None:
+                    self._walking[path] = threading.Event()
+                    break
+            walking.wait()
+        try:
+            result = self._walk(path)
+            with self._lock:
+                now = time.monotonic()
+                # What expired goes: the layers of removed containers are asked for no more.
+                self._known = {p: k for p, k in self._known.items() if k[0] > now}
+                self._known[path] = (now + self.ttl, result)
+            return result
+        finally:
+            with self._lock:
+                self._walking.pop(path).set()  # those waiting take the answer, or walk themselves
+
+    async def aget(self, path: str) -> DiskUsage:
+        """get(), in a worker thread."""
+        return await asyncio.to_thread(self.get, path)
+
+
+DISK_USAGE = DiskUsageCache()
 
 
 # -- what cadvisor's metrics read beyond the cgroups ---------------------------------------
@@ -86,7 +186,7 @@ def writable_layer_usage(upper: str) -> FsUsage | None:
         st, vfs = os.stat(upper), os.statvfs(upper)
     except FileNotFoundError:
         return None
-    used, _ = disk_usage(upper)
+    used = DISK_USAGE.get(upper).used
     return FsUsage(device_name(os.major(st.st_dev), os.minor(st.st_dev)), used, vfs.f_blocks * vfs.f_frsize,
                    vfs.f_files, vfs.f_ffree)
 
@@ -234,7 +334,10 @@ def network_usage(rt: Runtime, s: Sandbox, now: int) -> pb.NetworkUsage | None:
     return usage
 
 
-def container_stats(rt: Runtime, rates: CpuRates, c: Container) -> pb.ContainerStats:
+async def container_stats(rt: Runtime, rates: CpuRates, c: Container) -> pb.ContainerStats:
+    """A running container's stats; the walk of its writable layer runs off the event loop."""
+    upper = os.path.join(rt.layout.container_dir(c.id), "upper")
+    disk = await DISK_USAGE.aget(upper)
     config = pb.ContainerConfig.FromString(c.rec.config)
     now = time.time_ns()
     out = pb.ContainerStats(attributes=pb.ContainerAttributes(
@@ -244,16 +347,14 @@ def container_stats(rt: Runtime, rates: CpuRates, c: Container) -> pb.ContainerS
         cpu, mem, _ = _cpu_and_memory(rates, path, now)
         out.cpu.CopyFrom(cpu)
         out.memory.CopyFrom(mem)
-    upper = os.path.join(rt.layout.container_dir(c.id), "upper")
-    used, inodes = disk_usage(upper)
     out.writable_layer.timestamp = now
     out.writable_layer.fs_id.mountpoint = upper
-    out.writable_layer.used_bytes.value = used
-    out.writable_layer.inodes_used.value = inodes
+    out.writable_layer.used_bytes.value = disk.used
+    out.writable_layer.inodes_used.value = disk.inodes
     return out
 
 
-def sandbox_stats(rt: Runtime, rates: CpuRates, s: Sandbox) -> pb.PodSandboxStats:
+async def sandbox_stats(rt: Runtime, rates: CpuRates, s: Sandbox) -> pb.PodSandboxStats:
     config = pb.PodSandboxConfig.FromString(s.rec.config)
     now = time.time_ns()
     out = pb.PodSandboxStats(attributes=pb.PodSandboxAttributes(
@@ -272,7 +373,7 @@ def sandbox_stats(rt: Runtime, rates: CpuRates, s: Sandbox) -> pb.PodSandboxStat
     for c in rt.containers_of(s.id):
         if c.rec.state == RUNNING:
             try:
-                out.linux.containers.append(container_stats(rt, rates, c))
+                out.linux.containers.append(await container_stats(rt, rates, c))
             except CgroupNotFound:
                 pass  # exited a moment ago
     return out

@@ -1,8 +1,10 @@
-"""ContainerStats and ListContainerStats: a running container's CPU, memory and writable layer."""
+"""ContainerStats, ListContainerStats and StreamContainerStats (the same list, in pages): a running
+container's CPU, memory and writable layer."""
 from __future__ import annotations
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import FailedPrecondition, handle_errors
+from cri.paging import streams_pages
 from cri.records import RUNNING
 from cri.runtime import Runtime
 from cri.stats import CpuRates, container_stats, labels_match
@@ -18,11 +20,17 @@ class ContainerStats:
         c = self.rt.container(request.container_id)
         if c.rec.state != RUNNING or self.rt.observe_exit(c):
             raise FailedPrecondition(f"container {c.id} is {c.rec.state}: stats come from running containers")
-        return pb.ContainerStatsResponse(stats=container_stats(self.rt, self.rates, c))
+        return pb.ContainerStatsResponse(stats=await container_stats(self.rt, self.rates, c))
 
     @handle_errors
     async def ListContainerStats(self, request, context):
-        f = request.filter
+        return pb.ListContainerStatsResponse(stats=await self._list_container_stats(request.filter))
+
+    @streams_pages(pb.StreamContainerStatsResponse, "container_stats")
+    async def StreamContainerStats(self, request, context):
+        return await self._list_container_stats(request.filter)
+
+    async def _list_container_stats(self, f: pb.ContainerStatsFilter) -> list[pb.ContainerStats]:
         out = []
         for c in list(self.rt.containers.values()):
             if c.rec.state != RUNNING or (f.id and not c.id.startswith(f.id)):
@@ -33,7 +41,7 @@ class ContainerStats:
                                                       f.label_selector):
                 continue
             try:
-                out.append(container_stats(self.rt, self.rates, c))
+                out.append(await container_stats(self.rt, self.rates, c))
             except CgroupNotFound:
                 continue
-        return pb.ListContainerStatsResponse(stats=out)
+        return out

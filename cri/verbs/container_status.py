@@ -1,8 +1,9 @@
-"""ContainerStatus and ListContainers."""
+"""ContainerStatus, ListContainers and StreamContainers (the same list, in pages)."""
 from __future__ import annotations
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import handle_errors
+from cri.paging import streams_pages
 from cri.records import RUNNING
 from cri.runtime import Runtime
 from cri.status import container_matches, container_status, to_cri_container
@@ -17,10 +18,17 @@ class ContainerStatusVerbs:
 
     @handle_errors
     async def ListContainers(self, request, context):
+        return pb.ListContainersResponse(containers=self._list_containers(request.filter))
+
+    @streams_pages(pb.StreamContainersResponse, "containers")
+    async def StreamContainers(self, request, context):
+        return self._list_containers(request.filter)
+
+    def _list_containers(self, f: pb.ContainerFilter) -> list[pb.Container]:
         out = []
         for c in list(self.rt.containers.values()):
             if c.rec.state == RUNNING:
                 self.rt.observe_exit(c)
-            if container_matches(c, request.filter):
+            if container_matches(c, f):
                 out.append(to_cri_container(self.rt, c))
-        return pb.ListContainersResponse(containers=out)
+        return out

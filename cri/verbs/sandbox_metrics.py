@@ -1,4 +1,5 @@
-"""ListMetricDescriptors and ListPodSandboxMetrics: cadvisor's container metrics, from the runtime.
+"""ListMetricDescriptors, ListPodSandboxMetrics and StreamPodSandboxMetrics (the same list, in pages):
+cadvisor's container metrics, from the runtime.
 
 With kubelet's PodAndContainerStatsFromCRI, /metrics/cadvisor is built from
 these instead of from cadvisor. The names, help texts and label keys are
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import handle_errors
 from cri.layout import Layout
+from cri.paging import streams_pages
 from cri.records import RUNNING
 from cri.runtime import Container, Runtime, Sandbox
 from cri.stats import (
@@ -248,9 +250,15 @@ class SandboxMetrics:
 
     @handle_errors
     async def ListPodSandboxMetrics(self, request, context):
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await self._list_sandbox_metrics())
+
+    @streams_pages(pb.StreamPodSandboxMetricsResponse, "pod_sandbox_metrics")
+    async def StreamPodSandboxMetrics(self, request, context):
+        return await self._list_sandbox_metrics()
+
+    async def _list_sandbox_metrics(self) -> list[pb.PodSandboxMetrics]:
         now = time.time_ns()
         # Which pods and containers is decided here, on the loop that changes them.
         picked = [(s, [c for c in self.rt.containers_of(s.id) if c.rec.state == RUNNING], network_pids(self.rt, s))
                   for s in list(self.rt.sandboxes.values())]
-        pods = await asyncio.to_thread(_all_pods, self.rt.layout, picked, now)
-        return pb.ListPodSandboxMetricsResponse(pod_metrics=pods)
+        return await asyncio.to_thread(_all_pods, self.rt.layout, picked, now)

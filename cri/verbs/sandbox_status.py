@@ -1,8 +1,9 @@
-"""PodSandboxStatus and ListPodSandbox."""
+"""PodSandboxStatus, ListPodSandbox and StreamPodSandboxes (the same list, in pages)."""
 from __future__ import annotations
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import handle_errors
+from cri.paging import streams_pages
 from cri.runtime import Runtime
 from cri.status import sandbox_matches, sandbox_status, to_cri_sandbox
 
@@ -16,5 +17,11 @@ class SandboxStatusVerbs:
 
     @handle_errors
     async def ListPodSandbox(self, request, context):
-        items = [to_cri_sandbox(s) for s in list(self.rt.sandboxes.values()) if sandbox_matches(s, request.filter)]
-        return pb.ListPodSandboxResponse(items=items)
+        return pb.ListPodSandboxResponse(items=self._list_sandboxes(request.filter))
+
+    @streams_pages(pb.StreamPodSandboxesResponse, "pod_sandboxes")
+    async def StreamPodSandboxes(self, request, context):
+        return self._list_sandboxes(request.filter)
+
+    def _list_sandboxes(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
+        return [to_cri_sandbox(s) for s in list(self.rt.sandboxes.values()) if sandbox_matches(s, f)]
