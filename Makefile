@@ -25,7 +25,7 @@ export CRICKET_TOOLS_BIN := $(TOOLS_BIN)
 # The runtime under the cluster tests: cricket, or containerd to check a test against the peer.
 RUNTIME ?= cricket
 
-.PHONY: install run test unit lint bench proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test
+.PHONY: install run test unit lint fuzz bench proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test
 
 install: deps-run $(VENV)/.installed proto
 	$(VENV)/bin/cricket-cni-install
@@ -60,6 +60,12 @@ unit: $(VENV)/.installed proto
 lint: $(VENV)/.installed proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Coverage-guided fuzzing of every parser of untrusted bytes (fuzz/), FUZZ_SECONDS per target,
+# from the committed corpus; findings are written under .cache/fuzz and fail the run.
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.installed proto
+	$(VENV)/bin/python -m fuzz --seconds $(FUZZ_SECONDS) $(ARGS)
 
 bench: deps-test deps-bench install
 	$(VENV)/bin/python -m bench $(ARGS)

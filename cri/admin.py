@@ -7,6 +7,7 @@ the CLI needs no access to the daemon's directories.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from cri.errors import InvalidArgument, NotFound, handle_errors, status_for
 from cri.image_service import credentials
 from cri.runtime import Runtime
 from image.archive import ArchiveError, ArchiveSource, extract, save
+from image.limits import ImageLimits
 from image.pull import Puller, PullWatch, watching
 from image.push import push
 from image.reference import parse_reference
@@ -46,12 +48,14 @@ async def _abort(context, exc: BaseException, what: str) -> None:
 
 
 class Admin(apb_grpc.AdminServicer):
-    def __init__(self, rt: Runtime, store: ImageStore, puller: Puller, client: RegistryClient):
+    def __init__(self, rt: Runtime, store: ImageStore, puller: Puller, client: RegistryClient,
+                 max_archive_size: int | None = None):
         self.rt = rt
         self.store = store
         self.puller = puller
         self.client = client
         self.scratch = os.path.join(rt.config.state_dir, "admin")
+        self.max_archive_size = max_archive_size or archive_limit(puller.limits)
 
     def _lookup(self, spec: str):
         try:
@@ -184,22 +188,33 @@ class Admin(apb_grpc.AdminServicer):
                     yield apb.Chunk(data=chunk)
 
     async def Load(self, request_iterator, context):
+        limits = self.puller.limits
         os.makedirs(self.scratch, exist_ok=True)
         work = tempfile.mkdtemp(dir=self.scratch)
         try:
             path = os.path.join(work, "archive.tar")
+            size = 0
             with open(path, "wb") as out:
                 async for chunk in request_iterator:
+                    size += len(chunk.data)
+                    if size > self.max_archive_size:
+                        # The partial file goes with `work`, below.
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            f"load: the archive is over {self.max_archive_size} bytes, the most a load "
+                                            "takes (four layers of [image] max_layer_size, and their tar headers)")
                     out.write(chunk.data)
             root = os.path.join(work, "root")
             os.mkdir(root)
             try:
                 with open(path, "rb") as f:
-                    await asyncio.to_thread(extract, f, root)
-                source = ArchiveSource(root)
+                    await asyncio.to_thread(extract, f, root, max_member_size=_member_limit(limits),
+                                            max_size=self.max_archive_size)
+                # Reading a docker-archive hashes each of its layers: gigabytes, off the event loop.
+                source = await asyncio.to_thread(ArchiveSource, root)
             except ArchiveError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"load: {e}")
-            loader = Puller(self.store, source)
+            # The daemon's bounds on a layer hold for a loaded one as for a pulled one.
+            loader = Puller(self.store, source, limits=limits)
             loaded = []
             try:
                 for name, _ in source.images:
@@ -209,9 +224,26 @@ class Admin(apb_grpc.AdminServicer):
                 await _abort(context, InvalidArgument(f"load: {e}") if isinstance(e, (ArchiveError, ValueError))
                              else e, "Load")
             return apb.LoadResponse(images=loaded)
+        except OSError as e:
+            # The daemon's own disk, not the archive: full (the scratch dir is in the state dir).
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if e.errno in (errno.ENOSPC, errno.EDQUOT) \
+                else grpc.StatusCode.INTERNAL
+            await context.abort(code, f"load: writing the archive under {self.scratch}: {e.strerror or e}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
             memory.trim()
+
+
+def _member_limit(limits: ImageLimits) -> int:
+    """The most one member of an image archive may hold: a layer (bounded by max_layer_size),
+    and its tar headers, a few hundred bytes each for up to max_layer_entries entries."""
+    return limits.max_layer_size + (1 << 30)
+
+
+def archive_limit(limits: ImageLimits) -> int:
+    """The most a load takes, streamed to the daemon's disk before anything is read of it: a
+    few layers' worth (as image/archive.py bounds an archive's members together)."""
+    return 4 * _member_limit(limits)
 
 
 def _unix(created) -> int:

@@ -213,6 +213,8 @@ def load(path: str | None, overrides: dict | None = None) -> Config:
                 raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text, as TOML must be: {e}") from None
     for key, value in (overrides or {}).items():
         if value is not None:
             table[key] = value

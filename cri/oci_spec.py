@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping
+import stat
+from collections.abc import Collection, Iterable, Mapping
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
@@ -239,39 +240,46 @@ def _depth(path: str) -> int:
 
 
 def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: list[tuple[str, str]],
-           image_sources: Mapping[str, str] = _NONE) -> list[dict]:
+           image_sources: Mapping[str, str] = _NONE, writable: Collection[str] = ()) -> list[dict]:
     """Default mounts, then the CRI's and the sandbox's, shallow before deep so none hides another.
 
     A CRI mount wins over a sandbox file or volume at the same place, and over
     a default one; a CRI mount of /dev replaces everything under /dev. A mount
     of an image (Mount.image) binds what `image_sources` has mounted for its
-    container path (cri/image_mounts.py).
+    container path (cri/image_mounts.py). Host paths are resolved by
+    resolve_source(), `writable` naming the host directories containers can write
+    (writable_dirs()); every source in the spec is a path with no symlink in it.
     """
     cri = list(config.mounts)
     taken = {posixpath.normpath(m.container_path) for m in cri}
     extra = [m for m in sandbox_files if posixpath.normpath(m.container_path) not in taken]
     taken |= {posixpath.normpath(m.container_path) for m in extra}
-    binds = []
     for m in cri + extra:
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
+        if not m.image.image and not m.host_path:
+            raise InvalidArgument(f"mount of {m.container_path} has no host_path")
+    # This container's own writable mounts count as well: an earlier attempt of it had them, and
+    # may have planted a symlink for this one to follow.
+    roots = frozenset(os.path.normpath(r) for r in writable)  # once: resolve_source takes a frozenset as it is
+    roots |= {resolve_source(m.host_path, roots, m.container_path, make=False)
+              for m in cri + extra if not m.image.image and not m.readonly}
+    binds = []
+    for m in cri + extra:
         if m.image.image:
             # Read-only, and private: an image's filesystem never changes, so there is nothing
             # to propagate. Its source is resolved already, inside the image.
             binds.append({"destination": m.container_path, "type": "bind",
-                          "source": image_sources[m.container_path], "options": ["rbind", "rprivate", "ro"]})
+                          "source": os.path.realpath(image_sources[m.container_path]),
+                          "options": ["rbind", "rprivate", "ro"]})
             continue
-        if not m.host_path:
-            raise InvalidArgument(f"mount of {m.container_path} has no host_path")
-        if not os.path.exists(m.host_path):
-            os.makedirs(m.host_path, mode=0o755, exist_ok=True)  # what kubelet expects, and containerd does
-        source = os.path.realpath(m.host_path)
+        source = resolve_source(m.host_path, roots, m.container_path)
         _check_propagation(m, source)
         options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw"]
         binds.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
     for dest, source in volumes:
         if posixpath.normpath(dest) not in taken:
-            binds.append({"destination": dest, "type": "bind", "source": source,
+            binds.append({"destination": dest, "type": "bind", "source": os.path.realpath(source),
                           "options": ["rbind", "rprivate", "rw"]})
     binds.sort(key=lambda m: _depth(m["destination"]))
     defaults = []
@@ -281,6 +289,110 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
             continue
         defaults.append({"destination": dest, "type": kind, "source": source, "options": list(options)})
     return defaults + binds
+
+
+def writable_dirs(specs: Iterable[dict]) -> set[str]:
+    """The host paths containers can write through: every read-write bind source of these specs."""
+    out = set()
+    for spec in specs:
+        for m in spec.get("mounts") or ():
+            if m.get("type") == "bind" and "ro" not in (m.get("options") or ()) and m.get("source"):
+                out.add(os.path.normpath(m["source"]))
+    return out
+
+
+_MAX_SYMLINKS = 255
+
+
+def resolve_source(host_path: str, writable: Collection[str], container_path: str = "", make: bool = True) -> str:
+    """The host path a bind mount's source names, resolved on the host once, at CreateContainer,
+    to a path with no symlink left in it (missing directories are made, as kubelet expects).
+
+    Symlinks are followed as the host has them — an absolute one from the host's root, a relative
+    one from its directory — but inside a directory in `writable`: a container can write there,
+    so a symlink there may be one it planted to make this mount bind the host's files. Inside such
+    a directory a symlink is followed only while it stays inside (as kubelet resolves a subPath),
+    and one that leads out is refused. What is made there is made without following any symlink.
+    The shim binds the result refusing any symlink on it (linux/mounts.py), so one swapped in
+    after this resolution fails the mount instead of moving it. Without `make`, nothing is made:
+    the path is only worked out."""
+    where = f"mount {container_path}: host_path {host_path}" if container_path else f"host path {host_path}"
+    if not host_path.startswith("/"):
+        raise InvalidArgument(f"{where}: want an absolute path")
+    roots = writable if isinstance(writable, frozenset) else frozenset(os.path.normpath(r) for r in writable)
+    parts = [p for p in host_path.split("/") if p not in ("", ".")]
+    resolved, jail, links = "/", None, 0
+
+    def jail_of(path: str) -> str | None:
+        # The outermost root at or above `path` (containers write all beneath it), found by its
+        # ancestors rather than by every root: a node's thousands of containers each have some.
+        if "/" in roots:
+            return "/"
+        ancestor = ""
+        for part in path.strip("/").split("/"):
+            ancestor += "/" + part
+            if ancestor in roots:
+                return ancestor
+        return None
+
+    def leads_out(how: str) -> InvalidArgument:
+        return InvalidArgument(f"{where}: {how} leads out of {jail}, a directory containers can write: a "
+                               "symlink there is followed only as far as it stays inside it")
+
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if jail is not None and resolved == jail and jail != "/":
+                raise leads_out("'..'")
+            resolved = posixpath.dirname(resolved)
+            continue
+        candidate = posixpath.join(resolved, part)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            rest = posixpath.normpath(posixpath.join(candidate, *parts))
+            if jail is not None and rest != jail and not rest.startswith(jail.rstrip("/") + "/"):
+                raise leads_out(f"{candidate}'s missing path") from None
+            return _make_missing(rest, jail, where) if make else rest
+        except OSError as e:
+            raise InvalidArgument(f"{where}: {candidate}: {e.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise InvalidArgument(f"{where}: too many levels of symlinks")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                if jail is not None:
+                    inside = posixpath.normpath(target)
+                    if inside != jail and not inside.startswith(jail.rstrip("/") + "/"):
+                        raise leads_out(f"the symlink {candidate} -> {target}")
+                    target = posixpath.relpath(inside, jail)
+                    resolved = jail
+                else:
+                    resolved = "/"
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved = candidate
+        if jail is None:
+            jail = jail_of(resolved)
+    return resolved
+
+
+def _make_missing(path: str, jail: str | None, where: str) -> str:
+    """Make the missing directory `path`: beneath `jail` by descriptors, following no symlink; else
+    as the host has it."""
+    try:
+        if jail is None:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            return os.path.realpath(path)
+        root = os.open(jail, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.close(openat2.mkdirs_in_root(root, posixpath.relpath(path, jail)))
+        finally:
+            os.close(root)
+    except OSError as e:
+        raise InvalidArgument(f"{where}: can not make {path}: {e.strerror or e}") from None
+    return path
 
 
 def _check_propagation(m: pb.Mount, source: str) -> None:

@@ -289,7 +289,10 @@ def _settle_docker(doc, caps: set[str], kernel, plat: Platform) -> dict:
             raise ValueError(f"archMap: want a list of objects, got {arch_map!r}")
         for entry in arch_map:
             if plat.native and entry.get("architecture") == plat.native:
-                profile["architectures"] = [entry["architecture"], *(entry.get("subArchitectures") or [])]
+                subs = entry.get("subArchitectures") or []
+                if not isinstance(subs, list):
+                    raise ValueError(f"archMap: subArchitectures of {plat.native}: want a list, got {subs!r}")
+                profile["architectures"] = [entry["architecture"], *subs]
                 break
     rules = doc.get("syscalls") or []
     if not isinstance(rules, list):
@@ -323,8 +326,9 @@ def _applies(rule: dict, caps: set[str], kernel, plat: Platform, where: str) -> 
         if not isinstance(f, dict):
             raise ValueError(f"{where}.{field}: want an object, got {f!r}")
         for key in ("caps", "arches"):
-            if not isinstance(f.get(key) or [], list):
-                raise ValueError(f"{where}.{field}.{key}: want a list, got {f[key]!r}")
+            values = f.get(key) or []
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"{where}.{field}.{key}: want a list of strings, got {f[key]!r}")
     if plat.go_name in (excludes.get("arches") or ()):
         return False
     if caps & {c.upper() for c in excludes.get("caps") or ()}:

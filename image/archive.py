@@ -43,7 +43,7 @@ from image.manifest import (
     parse_manifest,
 )
 from image.metadata import ImageRecord
-from image.reference import Reference, parse_reference
+from image.reference import Reference, ReferenceError, parse_reference
 from image.registry import Resolved
 from image.store import ImageStore
 from image.unpack import UnsafeLayerError, _clean, _entries, _TarStream
@@ -305,9 +305,13 @@ def _full_name(name: str, digest: str) -> str:
         raise ArchiveError(f"the archive names an image {name!r}, which is not a name")
     if not name:
         return f"{UNNAMED_REPOSITORY}:{digest.split(':', 1)[1][:12]}"
-    if "/" not in name and ":" not in name and "." not in name:
-        return f"{UNNAMED_REPOSITORY}:{name}"
-    return str(parse_reference(name))
+    try:
+        if "/" not in name and ":" not in name and "." not in name:
+            return str(parse_reference(f"{UNNAMED_REPOSITORY}:{name}"))
+        return str(parse_reference(name))
+    except ReferenceError as e:
+        # The archive's name for an image, not the caller's: the archive is at fault.
+        raise ArchiveError(f"the archive names an image {name!r}: {e}") from None
 
 
 def _objects(items, where: str) -> list[dict]:

@@ -228,6 +228,69 @@ def _annotations(a: object, where: str) -> dict[str, str]:
     return dict(a)
 
 
+# -- image configs ---------------------------------------------------------
+
+# The fields of an image config's "config" that Cricket reads, and the JSON type each must have
+# (null is allowed for each): Docker's and the OCI image spec's.
+_CONFIG_LISTS = ("Entrypoint", "Cmd", "Env", "OnBuild", "Shell")
+_CONFIG_STRINGS = ("User", "WorkingDir", "StopSignal")
+_CONFIG_OBJECTS = ("Volumes", "ExposedPorts")
+
+
+def parse_config(data: bytes) -> dict:
+    """An image config (application/vnd.oci.image.config.v1+json or Docker's), checked where
+    Cricket reads it: rootfs.diff_ids a list of digests, the container defaults under "config"
+    (Entrypoint, Cmd, Env lists of strings; User, WorkingDir, StopSignal strings; Volumes,
+    ExposedPorts objects; Labels a map of strings), history a list of objects. Raises
+    ManifestError naming the field. The config comes from whoever published the image, and its
+    fields end up in every container made of it: one of the wrong type would fail those in
+    ways that name nothing."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"image config is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError("image config is not a JSON object")
+    rootfs = doc.get("rootfs")
+    if rootfs is None:
+        rootfs = {}  # no layers: the puller checks that the manifest has none either
+    if not isinstance(rootfs, dict):
+        raise ManifestError("image config rootfs is not an object")
+    diff_ids = rootfs.get("diff_ids")
+    if diff_ids is None:
+        diff_ids = []
+    if not isinstance(diff_ids, list):
+        raise ManifestError("image config rootfs.diff_ids is not a list")
+    for i, diff_id in enumerate(diff_ids):
+        check_digest(diff_id, f"image config rootfs.diff_ids[{i}]")
+    defaults = doc.get("config")
+    if defaults is not None:
+        if not isinstance(defaults, dict):
+            raise ManifestError("image config field config is not an object")
+        for key in _CONFIG_LISTS:
+            value = defaults.get(key)
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+                raise ManifestError(f"image config config.{key} is not a list of strings")
+        for key in _CONFIG_STRINGS:
+            if not isinstance(defaults.get(key, ""), (str, type(None))):
+                raise ManifestError(f"image config config.{key} is not a string")
+        for key in _CONFIG_OBJECTS:
+            if not isinstance(defaults.get(key) or {}, dict):
+                raise ManifestError(f"image config config.{key} is not an object")
+        _annotations(defaults.get("Labels"), "image config config.Labels")
+    history = doc.get("history")
+    if history is not None:
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise ManifestError("image config history is not a list of objects")
+        for i, h in enumerate(history):
+            for key in ("created", "created_by", "author", "comment"):
+                if not isinstance(h.get(key, ""), (str, type(None))):
+                    raise ManifestError(f"image config history[{i}].{key} is not a string")
+            if not isinstance(h.get("empty_layer", False), (bool, type(None))):
+                raise ManifestError(f"image config history[{i}].empty_layer is not true or false")
+    return doc
+
+
 # -- platforms -------------------------------------------------------------
 
 _MACHINES = {

@@ -51,6 +51,15 @@ _OPAQUE_XATTR = "trusted.overlay.opaque"
 
 _CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NODE_TYPES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK, tarfile.FIFOTYPE: stat.S_IFIFO}
+# What setxattr answers for a name or value that is itself wrong (an invalid value for the
+# name, a name over 255 bytes, a value over 64 KiB).
+_BAD_XATTR = {errno.EINVAL, errno.ERANGE, errno.E2BIG}
+# What the system calls answer for an entry that is the layer's own fault, not the filesystem's:
+# a path too long as a whole, too many hard links to one file.
+_LAYERS_FAULT = {errno.ENAMETOOLONG, errno.EMLINK}
+_NAME_MAX = 255
+_NO_ID = (1 << 32) - 1  # uid_t's -1 means "unchanged" to chown: no id
+_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class UnsafeLayerError(LayerError):
@@ -96,6 +105,9 @@ def unpack_layer(path: str, media_type: str | None, dest: str, limits: ImageLimi
         except tarfile.TarError as e:
             raise LayerError(f"layer {path} is not a valid tar: {e}") from e
         except OSError as e:
+            if e.errno in _LAYERS_FAULT:
+                raise LayerError(f"entry {entry.name if entry else '?'!r} of layer {path} can not be made: "
+                                 f"{e.strerror}") from None
             e.add_note(f"while unpacking {entry.name if entry else 'directory times'!r} of layer {path} into {dest}")
             raise
         # The diff ID covers the whole stream, including anything after the
@@ -122,7 +134,9 @@ def _entries(stream: _TarStream):
         archive = tarfile.open(fileobj=stream, mode="r:", errors="surrogateescape")  # type: ignore[call-overload]
     except RecursionError:
         raise _chained(0) from None
-    member = archive.next()
+    except _TARFILE_SLIPS as e:
+        raise _malformed(0, e) from None
+    member = _next(archive)
     stream.limit_reads(None)
     while member is not None:
         yield archive, member
@@ -134,13 +148,31 @@ def _entries(stream: _TarStream):
         if len(head) < _BLOCK:
             raise LayerError(f"tar is truncated inside the header at byte {archive.offset}")
         stream.limit_reads(HEADER_LIMIT)
-        try:
-            member = archive.next()
-        except RecursionError:
-            raise _chained(archive.offset) from None
+        member = _next(archive)
         stream.limit_reads(None)
         if member is None:
             raise LayerError(f"invalid tar header at byte {archive.offset}")
+
+
+# What tarfile (3.11) lets out of its header parsing for some malformed headers, beside TarError:
+# a pax record whose length overflows (OverflowError), numbers that are not (ValueError), a
+# truncated sparse map (IndexError).
+_TARFILE_SLIPS = (OverflowError, ValueError, IndexError)
+
+
+def _next(archive: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """archive.next(), every failure of a malformed header a LayerError."""
+    offset = archive.offset
+    try:
+        return archive.next()
+    except RecursionError:
+        raise _chained(offset) from None
+    except _TARFILE_SLIPS as e:
+        raise _malformed(offset, e) from None
+
+
+def _malformed(offset: int, e: Exception) -> LayerError:
+    return LayerError(f"malformed tar header at byte {offset}: {e}")
 
 
 def _chained(offset: int) -> LayerError:
@@ -291,8 +323,10 @@ class _Writer:
         elif member.isreg():
             self._file(member, rel, full, archive, stream)
         elif member.issym():
+            if "\0" in member.linkname:
+                raise LayerError(f"symlink {member.name!r} has a NUL byte in its target")
             self._create(rel, full, os.symlink, member.linkname, full)
-            os.lchown(full, member.uid, member.gid)
+            os.lchown(full, *_owner(member))
             self._set_xattrs(member, full)
             ns = _mtime_ns(member)
             os.utime(full, ns=(ns, ns), follow_symlinks=False)
@@ -330,7 +364,7 @@ class _Writer:
                 self._copy(stream.readinto, fd, member.size, member.name)
             # Ownership before mode, since chown clears setuid/setgid; xattrs
             # after both, since chown and writes drop security.capability.
-            os.fchown(fd, member.uid, member.gid)
+            os.fchown(fd, *_owner(member))
             os.fchmod(fd, member.mode & 0o7777)
             self._set_xattrs(member, fd)
             ns = _mtime_ns(member)
@@ -375,7 +409,7 @@ class _Writer:
                     os.mkdir(full, 0o700)
                     self.inodes += 1
             self._dirs.add(rel)
-        os.chown(full, member.uid, member.gid)
+        os.chown(full, *_owner(member))
         os.chmod(full, member.mode & 0o7777)
         self._set_xattrs(member, full)
         self._dir_times[rel] = _mtime_ns(member)
@@ -410,7 +444,7 @@ class _Writer:
         rel = f"{parent}/{hidden}" if parent else hidden
         full = self._path(rel)
         self._create(rel, full, os.mknod, full, stat.S_IFCHR, 0)
-        os.lchown(full, member.uid, member.gid)
+        os.lchown(full, *_owner(member))
         self.inodes += 1
 
     def _dir_at(self, rel: str, entry: str, create: bool) -> None:
@@ -452,7 +486,7 @@ class _Writer:
         self._dir_times = {d: t for d, t in self._dir_times.items() if d != rel and not d.startswith(inside)}
 
     def _set_metadata(self, member, full) -> None:
-        os.lchown(full, member.uid, member.gid)
+        os.lchown(full, *_owner(member))
         os.chmod(full, member.mode & 0o7777)
         self._set_xattrs(member, full)
         ns = _mtime_ns(member)
@@ -470,6 +504,11 @@ class _Writer:
                 user_on_special = (
                     e.errno == errno.EPERM and name.startswith("user.") and not (member.isreg() or member.isdir())
                 )
+                if e.errno in _BAD_XATTR:
+                    # The layer's record, not the destination: a malformed security.capability, a
+                    # name too long, a value too big. The pull fails naming it, as a corrupt layer.
+                    raise LayerError(f"entry {member.name!r} has an xattr {name!r} the kernel refuses: "
+                                     f"{e.strerror}") from None
                 if e.errno != errno.ENOTSUP and not user_on_special:
                     raise
                 log.warning("ignoring xattr %s of %r: %s", name, member.name, e.strerror)
@@ -503,6 +542,11 @@ def _sparse_regions(member: tarfile.TarInfo, stored: int) -> list[tuple[int, int
 def _clean(name: str, what: str | None = None, root: str = "the layer root") -> str:
     """Return the member name relative to the root ("" for the root), or refuse it."""
     what = what or f"entry {name!r}"
+    if "\0" in name:
+        # A pax record may hold any byte; no path can hold this one (the system calls refuse it).
+        raise LayerError(f"{what} has a NUL byte in its name")
+    if any(len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX for part in name.split("/")):
+        raise LayerError(f"{what} has a name part longer than {_NAME_MAX} bytes, which no filesystem takes")
     if name.startswith("/"):
         raise UnsafeLayerError(f"{what} has an absolute path")
     norm = posixpath.normpath(name) if name else "."
@@ -514,6 +558,8 @@ def _clean(name: str, what: str | None = None, root: str = "the layer root") -> 
 def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     for key, value in member.pax_headers.items():
+        if key.startswith(("SCHILY.xattr.", "LIBARCHIVE.xattr.")) and "\0" in key:
+            raise LayerError(f"entry {member.name!r} has an xattr with a NUL byte in its name")
         if key.startswith("SCHILY.xattr."):
             # tarfile decoded the raw value with surrogateescape; this restores the bytes.
             found[key[len("SCHILY.xattr."):]] = value.encode("utf-8", "surrogateescape")
@@ -529,11 +575,25 @@ def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
 
 def _mtime_ns(member: tarfile.TarInfo) -> int:
     mtime = member.mtime
-    if isinstance(mtime, int):
-        return mtime * 1_000_000_000
-    # A pax mtime has sub-second digits; the float tarfile made of it has lost
-    # the nanoseconds, the record itself has not.
     try:
-        return int(Decimal(member.pax_headers["mtime"]) * 1_000_000_000)
-    except (KeyError, InvalidOperation):
-        return round(mtime * 1e9)
+        if isinstance(mtime, int):
+            ns = mtime * 1_000_000_000
+        else:
+            # A pax mtime has sub-second digits; the float tarfile made of it has lost
+            # the nanoseconds, the record itself has not.
+            try:
+                ns = int(Decimal(member.pax_headers["mtime"]) * 1_000_000_000)
+            except (KeyError, InvalidOperation):
+                ns = round(mtime * 1e9)
+    except (ValueError, OverflowError, InvalidOperation):  # a pax "nan" or "inf"
+        raise LayerError(f"entry {member.name!r} has an mtime that is no time: {mtime!r}") from None
+    # Far past or future: what utimensat takes (the filesystem keeps what it can of it).
+    return min(max(ns, _NS_MIN), _NS_MAX)
+
+
+def _owner(member: tarfile.TarInfo) -> tuple[int, int]:
+    """The entry's uid and gid, refused unless they are ids (a pax record may say anything)."""
+    for what, value in (("uid", member.uid), ("gid", member.gid)):
+        if not isinstance(value, int) or not 0 <= value < _NO_ID:
+            raise LayerError(f"entry {member.name!r} has {what} {value!r}, which is no user or group id")
+    return member.uid, member.gid

@@ -43,6 +43,7 @@ _REMOUNT_FLAGS = (libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEX
                   | libc.MS_NOATIME | libc.MS_NODIRATIME | libc.MS_RELATIME | libc.MS_STRICTATIME)
 
 _MAX_SYMLINKS = 255
+_AT_FDCWD = -100
 
 # Devices every container gets, as runc creates them: (path, major, minor).
 DEFAULT_DEVICES = (
@@ -205,8 +206,7 @@ def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
     root = _root_fd(rootfs)
     try:
         if flags & libc.MS_BIND:
-            # The source is opened once too: what is bound is what was looked at.
-            src = os.open(source, os.O_PATH | os.O_CLOEXEC)
+            src = _open_source(source)
             try:
                 is_dir = stat.S_ISDIR(os.fstat(src).st_mode)
                 with _place(root, rootfs, destination, "dir" if is_dir else "file") as place:
@@ -241,6 +241,22 @@ def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
                                   f"{_why(e)}") from None
     finally:
         os.close(root)
+
+
+def _open_source(source: str) -> int:
+    """An O_PATH descriptor of a bind mount's source, opened once: what is bound is what was
+    looked at. cricketd resolved the source when the container was created, to a path with no
+    symlink in it (cri/oci_spec.py), so none is followed now: one found on the path was put there
+    since, by whoever can write the directory above it — a container sharing it, making this
+    mount bind what it chose — and fails the mount."""
+    try:
+        return openat2.openat2(_AT_FDCWD, source, os.O_PATH,
+                               resolve=openat2.RESOLVE_NO_SYMLINKS | openat2.RESOLVE_NO_MAGICLINKS)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise MountError(errno.ELOOP, f"bind source {source} has a symlink on its path that was not there "
+                                      "when the container was created: it is not bound") from None
 
 
 def _mount_sysfs(place: _Place, flags: int, data: str) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from linux import libc
 
@@ -90,6 +90,12 @@ def _bad(message: str) -> SeccompError:
     return SeccompError(errno.EINVAL, message)
 
 
+def _known(name, names) -> TypeGuard[str]:
+    """Whether a profile's value is one of `names`: a string first (a list or an object, which the
+    JSON may hold instead, can not even be looked up)."""
+    return isinstance(name, str) and name in names
+
+
 def _is_uint(v, bound: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < bound
 
@@ -99,7 +105,7 @@ def action_value(name, errno_ret=None, where: str = "action") -> int:
     if name == "SCMP_ACT_NOTIFY":
         raise SeccompError(errno.EOPNOTSUPP, f"{where}: SCMP_ACT_NOTIFY needs a seccomp agent, "
                                              "which Cricket does not run")
-    if name not in ACTIONS:
+    if not _known(name, ACTIONS):
         raise _bad(f"{where}: unknown action {name!r} (want one of {', '.join(ACTIONS)})")
     value = ACTIONS[name]
     if errno_ret is not None and not _is_uint(errno_ret, 0x10000):
@@ -123,7 +129,7 @@ def _conditions(args, where: str) -> list[tuple[int, int, int, int]]:
         if not _is_uint(index, _MAX_ARGS):
             raise _bad(f"{at}: index {index!r} is not an argument number from 0 to 5")
         op = arg.get("op")
-        if op not in OPS:
+        if not _known(op, OPS):
             raise _bad(f"{at}: unknown op {op!r} (want one of {', '.join(OPS)})")
         value, value_two = arg.get("value", 0), arg.get("valueTwo", 0)
         for field, v in (("value", value), ("valueTwo", value_two)):
@@ -162,7 +168,7 @@ def validate(profile) -> None:
         if not isinstance(values, list):
             raise _bad(f"{field}: want a list, got {values!r}")
         for v in values:
-            if v not in known:
+            if not _known(v, known):
                 raise _bad(f"{field}: unknown or unsupported {v!r} (want one of {', '.join(sorted(known))})")
     rules = profile.get("syscalls") or []
     if not isinstance(rules, list):

@@ -16,13 +16,14 @@ with no message means execve succeeded.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import resource
 import select
 import termios
 
-from linux import caps, libc, mounts, seccomp
+from linux import caps, libc, mounts, openat2, seccomp
 from linux.cgroups import Cgroup, v1_mount_sources
 from shim.executor import ExecutorError, Held, StartError, Stdio
 
@@ -61,9 +62,11 @@ class BuiltinExecutor:
         self._compile_seccomp()
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        null = _host_null()
         pid = os.fork()
         if pid == 0:
-            _child(lambda: self._intermediate(stdio, report_w, start_r), report_w)
+            _child(lambda: self._intermediate(stdio, report_w, start_r, null), report_w)
+        os.close(null)
         os.close(report_w)
         os.close(start_r)
         try:
@@ -102,9 +105,11 @@ class BuiltinExecutor:
         `init_pid`; return its pid. Raises ExecutorError, including for an execve failure."""
         self._compile_seccomp()
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        null = _host_null()
         pid = os.fork()
         if pid == 0:
-            _child(lambda: self._exec_intermediate(init_pid, process, stdio, report_w), report_w)
+            _child(lambda: self._exec_intermediate(init_pid, process, stdio, report_w, null), report_w)
+        os.close(null)
         os.close(report_w)
         try:
             _reap(pid)
@@ -115,7 +120,7 @@ class BuiltinExecutor:
 
     # -- the children's side ----------------------------------------------------
 
-    def _intermediate(self, stdio: Stdio, report_w: int, start_r: int) -> None:
+    def _intermediate(self, stdio: Stdio, report_w: int, start_r: int, null: int) -> None:
         _not_dumpable()
         # A cgroup namespace is rooted where its creator stands, so joining must come first
         # then; otherwise the container's first process is moved in while it builds its
@@ -147,13 +152,13 @@ class BuiltinExecutor:
             libc.unshare(flags)
         pid = os.fork()
         if pid == 0:
-            _child(lambda: self._init(stdio, report_w, start_r), report_w)
+            _child(lambda: self._init(stdio, report_w, start_r, null), report_w)
         if move is not None:
             move(pid)
         # The shim waits for this process to exit, so it knows the move is done before any start.
         _say(report_w, f"pid {pid}")
 
-    def _init(self, stdio: Stdio, report_w: int, start_r: int) -> None:
+    def _init(self, stdio: Stdio, report_w: int, start_r: int, null: int) -> None:
         spec = self.spec
         proc = spec.get("process") or {}
         lin = spec.get("linux") or {}
@@ -168,8 +173,8 @@ class BuiltinExecutor:
                 f.write(value)
         _set_oom_score_adj(proc.get("oomScoreAdj"))
         _set_rlimits(proc.get("rlimits"))
+        _install_stdio(stdio, null, keep={report_w, start_r})
         _enter_cwd(proc.get("cwd") or "/")
-        _install_stdio(stdio, keep={report_w, start_r})
         confine = _Confinement(proc, self._seccomp)
         confine.before_user()
         _become_user(proc)
@@ -210,7 +215,7 @@ class BuiltinExecutor:
         if root.get("readonly"):
             mounts.remount_root_readonly()
 
-    def _exec_intermediate(self, init_pid: int, process: dict, stdio: Stdio, report_w: int) -> None:
+    def _exec_intermediate(self, init_pid: int, process: dict, stdio: Stdio, report_w: int, null: int) -> None:
         _not_dumpable()
         if self.cgroup is not None:
             self.cgroup.add(os.getpid())
@@ -224,13 +229,13 @@ class BuiltinExecutor:
             os.close(fd)
         pid = os.fork()
         if pid == 0:
-            _child(lambda: self._exec_process(process, stdio, report_w), report_w)
+            _child(lambda: self._exec_process(process, stdio, report_w, null), report_w)
         _say(report_w, f"pid {pid}")
 
-    def _exec_process(self, process: dict, stdio: Stdio, report_w: int) -> None:
+    def _exec_process(self, process: dict, stdio: Stdio, report_w: int, null: int) -> None:
         _become_session_leader(stdio)
+        _install_stdio(stdio, null, keep={report_w})
         _enter_cwd(process.get("cwd") or "/", create=False)
-        _install_stdio(stdio, keep={report_w})
         _set_rlimits(process.get("rlimits"))
         confine = _Confinement(process, self._seccomp)
         confine.before_user()
@@ -323,13 +328,24 @@ def _become_session_leader(stdio: Stdio) -> None:
         fcntl.ioctl(stdio.terminal, termios.TIOCSCTTY, 0)
 
 
-def _install_stdio(stdio: Stdio, keep: set[int]) -> None:
+def _host_null() -> int:
+    """The host's /dev/null, opened by the shim before it forks. A container's own /dev/null is
+    whatever the container made it: a symlink to /proc/self/fd/N (a descriptor of the shim's
+    that the child still holds before close_range, such as its log) or, in the host's PID
+    namespace, to /proc/<pid>/root/<any host file>, opened read-write as an exec's stdin by a
+    process that still has every capability."""
+    return os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+
+
+def _install_stdio(stdio: Stdio, null: int, keep: set[int]) -> None:
+    """Make 0, 1 and 2 the process's stdio (the host's /dev/null where it has none) and close
+    every other descriptor but `keep` (close-on-exec pipes to the shim): nothing of the shim's
+    reaches the container, neither through execve nor through /proc/self/fd before it."""
     targets: tuple[int | None, ...]
     if stdio.terminal is not None:
         targets = (stdio.terminal,) * 3
     else:
         targets = (stdio.stdin, stdio.stdout, stdio.stderr)
-    null = os.open("/dev/null", os.O_RDWR)
     for target, fd in zip(targets, (0, 1, 2)):
         os.dup2(null if target is None else target, fd)
     libc.close_range(3, keep)
@@ -356,12 +372,33 @@ def _set_rlimits(rlimits) -> None:
 
 
 def _enter_cwd(cwd: str, create: bool = True) -> None:
-    if create:
-        os.makedirs(cwd, mode=0o755, exist_ok=True)
+    """Enter the working directory, made if missing (`create`), resolved inside the container's
+    root: the process stands in it (after pivot_root, or setns into its mount namespace) and has
+    closed every descriptor but its stdio. The container chose every name on the path, and this
+    process still has every capability, so a plain chdir would follow /proc/self/fd/N to a
+    descriptor it inherited, or /proc/<pid>/cwd to any process's directory, and execve would
+    start the container's program outside it (runc's CVE-2024-21626). openat2 resolves the path
+    with "/" as the container's root and refuses magic links; a missing part is made under the
+    descriptor of its parent."""
     try:
-        os.chdir(cwd)
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if create:
+                fd = openat2.mkdirs_in_root(root, cwd)
+            else:
+                fd = openat2.open_in_root(root, cwd, os.O_PATH | os.O_DIRECTORY)
+        finally:
+            os.close(root)
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
+        os.getcwd()  # ENOENT if, however, it is not beneath the root
     except OSError as e:
-        raise ExecutorError(f"cannot enter working directory {cwd}: {e.strerror}") from None
+        why = e.strerror
+        if e.errno == errno.ELOOP:
+            why = "it leads through a /proc magic link or a symlink loop, and must stay inside the container"
+        raise ExecutorError(f"cannot enter working directory {cwd}: {why}") from None
 
 
 def _become_user(proc: dict) -> None:

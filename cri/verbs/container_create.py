@@ -12,7 +12,7 @@ from typing import Any
 
 from api.runtime.v1 import api_pb2 as pb
 from api.shim.v1 import shim_pb2 as shim_pb
-from cri import image_mounts, oci_spec, security
+from cri import checkpoint, image_mounts, oci_spec, security
 from cri.container_lifecycle import discard_container
 from cri.errors import (
     AlreadyExists,
@@ -54,6 +54,8 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
     srec = sandbox.rec
     if srec.state != SANDBOX_READY:
         raise FailedPrecondition(f"pod sandbox {srec.id} is not ready: containers can only be created in a ready pod")
+    if checkpoint.is_checkpoint_archive(config.image.image):
+        await _refuse_restore(config)
     image = rt.images.find(config.image.image)
     if image is None:
         raise NotFound(f"image {config.image.image!r} is not present: pull it first")
@@ -82,6 +84,16 @@ async def create_container(rt: Runtime, sandbox_id: str, config: pb.ContainerCon
         raise
     rt.events.emit(pb.CONTAINER_CREATED_EVENT, rec.sandbox_id, rec.id)
     return c
+
+
+async def _refuse_restore(config: pb.ContainerConfig) -> None:
+    """A checkpoint archive as the image asks for a restore (as CRI-O and containerd take it),
+    which needs CRIU: refused, with the reason, before anything is made."""
+    what = f"restoring container {config.metadata.name!r} from checkpoint archive {config.image.image}"
+    problem = await checkpoint.criu_problem()
+    if problem is not None:
+        raise FailedPrecondition(f"{what} needs CRIU, and {problem}")
+    raise FailedPrecondition(f"{what}: CRIU works on this host, but Cricket does not yet restore containers")
 
 
 async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSandboxConfig,
@@ -173,7 +185,10 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
         "noNewPrivileges": ctx.no_new_privs,
         "oomScoreAdj": checked["oom_score_adj"],
     }
-    all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), volumes, image_sources)
+    # What other containers can write (their writable mounts, their upper dirs): symlinks there
+    # may be theirs, and are not followed out of it (oci_spec.resolve_source).
+    writable = _writable_dirs(rt, c)
+    all_mounts = oci_spec.mounts(config, _sandbox_mounts(rt, srec, ctx), volumes, image_sources, writable)
     if ctx.privileged:
         # Writable /sys and cgroups, the host's devices, no masked or read-only /proc paths.
         for m in all_mounts:
@@ -207,6 +222,30 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
     if propagation:
         spec["linux"]["rootfsPropagation"] = propagation
     return spec
+
+
+# Each container's read-write bind sources, worked out once its spec is made (its mounts never
+# change after): else every create would walk every mount of every container on the node.
+_writable_of: dict[str, frozenset[str]] = {}
+
+
+def _writable_dirs(rt: Runtime, c: Container) -> set[str]:
+    """What containers can write: the other containers' read-write bind sources, and every
+    container's upper dir (this one's too)."""
+    for gone in _writable_of.keys() - rt.containers.keys():
+        del _writable_of[gone]
+    out = {os.path.join(rt.layout.container_dir(c.id), "upper")}
+    for other in list(rt.containers.values()):
+        if other.id == c.id:
+            continue
+        dirs = _writable_of.get(other.id)
+        if dirs is None:
+            dirs = frozenset(oci_spec.writable_dirs([other.rec.spec]))
+            dirs |= {os.path.join(rt.layout.container_dir(other.id), "upper")}
+            if other.rec.spec:  # made whole at once; one still being created has none yet
+                _writable_of[other.id] = dirs
+        out |= dirs
+    return out
 
 
 def _namespaces(rt: Runtime, sandbox: Sandbox, ctx: pb.LinuxContainerSecurityContext) -> list[dict]:

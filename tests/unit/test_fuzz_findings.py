@@ -1,0 +1,199 @@
+"""What the fuzz targets (fuzz/) found, each with the input that found it: the parser now raises
+its documented error for it. The inputs are the fuzzers' own (minimized with fuzz/minimize.py
+where they were large, and then kept zlib-compressed and base64-encoded), with the target's
+leading mode byte where it has one; each is also kept in fuzz/corpus/<target>/ as a finding-*
+file, so every fuzzing run replays it."""
+from __future__ import annotations
+
+import base64
+import os
+import tarfile
+import zlib
+
+import pytest
+
+from cri.config import ConfigError
+from cri.config import load as load_config
+from cri.seccomp_profile import load_localhost
+from fuzz import archive as archive_target
+from image.archive import ArchiveError, ArchiveSource
+from image.unpack import LayerError, unpack_layer
+from tests.fixtures.layers import entry, tar_bytes
+
+
+def _packed(text: str) -> bytes:
+    return zlib.decompress(base64.b64decode("".join(text.split())))
+
+
+def _unpack(tmp_path, blob: bytes):
+    tmp_path.mkdir(exist_ok=True)
+    layer, dest = tmp_path / "layer", tmp_path / "dest"
+    layer.write_bytes(blob)
+    dest.mkdir()
+    return unpack_layer(str(layer), None, str(dest))
+
+
+def _need_root():
+    if os.geteuid() != 0:
+        pytest.skip("unpacking needs root: chown, mknod, trusted.* xattrs")
+
+
+# -- unpack: a NUL byte in a pax path -------------------------------------------------------------
+# tarfile takes any byte in a pax record; os.mkdir refused the name with ValueError ("embedded null
+# byte"), which left unpack_layer as no error of a layer's, and a pull failed INTERNAL.
+
+UNPACK_NUL_PATH = """
+eNrtmbEOgjAQhuvK4DPwBNBre60OJo6OvkINJhqNMYgJjy+IcUEGBg6Tu78DTZcG6H13f2+R5Vm+3cd6d4zFsVSTSHcaemqnzXf+
+XgdtAFRaKwI9H1Usm+0VTxlcpfdYnTYFT+WJYi2Kb9wGdUAcjP92DjaY4KBbt+DAqxQl/ifXf/Af+/x3wn8S/ntIr+fbhXMO4JwC
+IsEebVB758bwH7Gp/wzFzxf+z87/EPr1v7HCfwqh9rzrf+a+R+p/4f/M/Idm9PjfWALhP8n9z5o3/w+JWCDeFkju/wjy/yj/h6it
+Fv/HJf9b/6P/EyT/UyigE/8n7/1P+pzMpfT7pP8n9J9aL4Yp8ws=
+"""
+
+
+def test_a_nul_byte_in_a_pax_path_is_a_layer_error(tmp_path):
+    with pytest.raises(LayerError, match="NUL byte in its name"):
+        _unpack(tmp_path, _packed(UNPACK_NUL_PATH)[1:])
+
+
+def test_a_nul_byte_in_a_symlink_target_or_an_xattr_name_is_a_layer_error(tmp_path):
+    _need_root()
+    # Long enough for tarfile to write them as pax records, which carry the NUL.
+    link = entry("link", tarfile.SYMTYPE, link="a" * 120 + "\0b")
+    with pytest.raises(LayerError, match="NUL byte in its target"):
+        _unpack(tmp_path / "1", tar_bytes(link))
+    named = entry("file", data=b"x", xattrs={"user.a\0b": b"v"})
+    with pytest.raises(LayerError, match="xattr with a NUL byte"):
+        _unpack(tmp_path / "2", tar_bytes(named))
+
+
+# -- unpack: a pax record whose length overflows --------------------------------------------------
+# tarfile (3.11.7) let OverflowError ("Python int too large to convert to C ssize_t") out of its pax
+# parsing.
+
+UNPACK_PAX_OVERFLOW = """
+eNpj1NPX03cISKzwSE1MSS1ioAkwgABctIGJgRGcDRY3NDAyNGRQqGCgAygtLkksAlrPMDKBkamFQkFiSYZtysgE+lwMIxrQI4xB
+mdrc1BRn/gexDY3NjcxNDCHixoYmhmYMCqaj+Z/mYHCU/6aY5b/JaPlPl/LfAB2YGSpk2AIAb+m87Q==
+"""
+
+
+def test_a_pax_record_length_that_overflows_is_a_layer_error(tmp_path):
+    with pytest.raises(LayerError, match="malformed tar header at byte 1536: Python int too large"):
+        _unpack(tmp_path, _packed(UNPACK_PAX_OVERFLOW)[1:])
+
+
+# -- unpack: a name part longer than a filesystem takes --------------------------------------------------
+# A pax linkpath and path of 256 and more bytes: symlink() answered ENAMETOOLONG, an OSError that
+# unpack_layer documents only for a failing destination filesystem. The same holds for other
+# values a pax record may carry that no system call takes, fixed with it: an mtime of "nan", an
+# owner past uid_t.
+
+UNPACK_LONG_NAME = """
+eNrtmLEKwjAQhuPap8gTtLkkl7gIjo6+QqQFRRGpFfr4phZcSocOPYW7r0NDlkDLfXd/NmVVVvtj6g9NqptWrYIZmXsbb+x3/dkH
+YwGU7hUBr2eX2ny84onFrX6k7ryreVIVijUU33go6og4W//DGly00cO478BDUBql/lfnP/yPU/978T+J/wPo2+V+5dwDOLeARHDG
+UNTB+yX+R8zzn6X4+eL/n/s/xun8b534nwI0gff8zzz3yPwv/v+x/yE/E//nSCD+p/A/ML//ORUSgXhHILn/I+j/i/IfonFG8h8F
+byAtjSA=
+"""
+
+
+def test_a_name_part_over_255_bytes_is_a_layer_error(tmp_path):
+    with pytest.raises(LayerError, match="longer than 255 bytes"):
+        _unpack(tmp_path, _packed(UNPACK_LONG_NAME)[1:])
+
+
+def test_a_path_over_path_max_is_a_layer_error(tmp_path):
+    _need_root()
+    deep = "/".join(["d" * 200] * 25)  # each part fine, the whole past PATH_MAX
+    with pytest.raises(LayerError, match="File name too long"):
+        _unpack(tmp_path, tar_bytes(entry(deep + "/f", data=b"x")))
+
+
+@pytest.mark.parametrize("pax, words", [
+    ({"mtime": "nan"}, "mtime that is no time"),
+    ({"uid": "99999999999"}, "uid 99999999999, which is no user or group id"),
+    ({"gid": "-5"}, "gid -5"),
+])
+def test_pax_values_no_system_call_takes_are_layer_errors(tmp_path, pax, words):
+    _need_root()
+    info, data = entry("f", data=b"x")
+    info.pax_headers = pax
+    with pytest.raises(LayerError, match=words):
+        _unpack(tmp_path, tar_bytes((info, data)))
+
+
+def test_an_mtime_far_in_the_future_is_kept_as_far_as_it_goes(tmp_path):
+    _need_root()
+    info, data = entry("f", data=b"x")
+    info.pax_headers = {"mtime": "99999999999999.5"}
+    _unpack(tmp_path, tar_bytes((info, data)))
+    assert os.stat(tmp_path / "dest" / "f").st_mtime > 4e9  # past 2106; the filesystem's own limit
+
+
+# -- unpack: an xattr the kernel refuses (found by a seed) -------------------------------------------
+# setxattr answered EINVAL for a malformed security.capability, an OSError that unpack_layer
+# documents only for a failing destination filesystem: the pull failed INTERNAL.
+
+def test_a_malformed_file_capability_is_a_layer_error(tmp_path):
+    _need_root()
+    bad = entry("f", data=b"x", xattrs={"security.capability": b"\x01\x00"})
+    with pytest.raises(LayerError, match="'security.capability' the kernel refuses"):
+        _unpack(tmp_path, tar_bytes(bad))
+
+
+# -- archive: an image name that is no reference -------------------------------------------------------
+# ArchiveSource let the ReferenceError of a RepoTags entry out; Load caught only ArchiveError, so
+# `cricket load` of such an archive failed with no status of its own.
+
+ARCHIVE_BAD_TAG = (
+    b'\x01[{"Config": "8ba1c3aa89c78ac00729c99eb1c08ce0edc4dbde311c74587512d5eb3aa84811.json", "Layers": '
+    b'["0f1c60820d2de1eda87c94ea0a2ca6650de023caf00a3d3585f9b3244c0068f7.tar"], "RepoTags": '
+    b'["docker.io/library/app:1@", "app:2"]}]'
+)
+
+
+def test_an_archive_image_name_that_is_no_reference_is_an_archive_error(tmp_path):
+    archive_target._docker_dir(str(tmp_path), ARCHIVE_BAD_TAG[1:])
+    with pytest.raises(ArchiveError, match=r"names an image 'docker.io/library/app:1@'"):
+        ArchiveSource(str(tmp_path))
+
+
+# -- seccomp_profile: an action that is an object ---------------------------------------------------------
+# linux/seccomp.py looked the action up in a dict: TypeError (unhashable type: 'dict').
+
+SECCOMP_ACTION_OBJECT = (
+    b'\x03{"archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", '
+    b'"SCMP_ARCH_X32"]}, {"architecture": "SCMP_ARCH_AARCH64", "subArchitercutes": ["SCMP_ARCH_ARM"]}], '
+    b'"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"action": {"arches": ["s390x"], "caps": ["CAP_BPF"]}, '
+    b'"names": ["bpf"]}]}'
+)
+
+
+@pytest.mark.parametrize("profile, words", [
+    (SECCOMP_ACTION_OBJECT[1:], "syscalls[0].action: unknown action {'arches'"),
+    (b'{"defaultAction": "SCMP_ACT_ERRNO", "architectures": [["SCMP_ARCH_X86"]]}', "architectures: unknown"),
+    (b'{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", '
+     b'"args": [{"index": 0, "op": {}}]}]}', "unknown op {}"),
+    (b'{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", '
+     b'"includes": {"caps": [7]}}]}', "includes.caps: want a list of strings"),
+    (b'{"defaultAction": "SCMP_ACT_ERRNO", "archMap": [{"architecture": "SCMP_ARCH_X86_64", '
+     b'"subArchitectures": 5}]}', "subArchitectures of SCMP_ARCH_X86_64: want a list"),
+], ids=["action-object", "arch-list", "op-object", "cap-number", "sub-architectures-number"])
+def test_seccomp_profile_values_of_the_wrong_type_are_value_errors(tmp_path, profile, words):
+    path = tmp_path / "profile.json"
+    path.write_bytes(profile)
+    with pytest.raises(ValueError) as e:
+        load_localhost(str(path), (), kernel=(5, 15), machine="x86_64")
+    assert words in str(e.value) and str(path) in str(e.value)
+
+
+# -- config: a file that is not UTF-8 ----------------------------------------------------------------------
+# tomllib decodes the file itself and let UnicodeDecodeError out: cricketd died at start with a
+# traceback instead of naming the file.
+
+CONFIG_NOT_UTF8 = b"[image]\n\x90\x8a\x93\x93\xa0\x8d\x9a\x83ries = 0.5\n"
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(CONFIG_NOT_UTF8)
+    with pytest.raises(ConfigError, match=f"config file {path} is not UTF-8"):
+        load_config(str(path))
