@@ -7,6 +7,13 @@ far; a failing ADD is undone with DEL before the error goes back. DEL runs the
 chain backwards with the config and result cached at ADD, so it works after a
 config change or a daemon restart. Cricket's own plugins run in the network
 worker; any other plugin is executed as the spec says.
+
+Before ADD runs a plugin, its intent (the conflist, container ID, ifname, netns,
+args and capabilities) is in the cache: a daemon killed in the middle of ADD
+leaves an address reserved and rules made, and the spec has DEL clean up after a
+partial ADD, so teardown runs DEL from the intent when no result was cached. The
+cache is under the root dir, as libcni keeps /var/lib/cni/results: the addresses
+host-local reserves are on disk and outlive a reboot, and only DEL frees them.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from cni.spec import (
     result_from_any,
 )
 from frames.client import call
+from linux.crash_points import crash_point
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("cricket.cni")
@@ -92,10 +100,14 @@ class NetworkWorker:
 
 
 class Network:
-    def __init__(self, conf_dir: str, bin_dirs: list[str], state_dir: str):
+    def __init__(self, conf_dir: str, bin_dirs: list[str], state_dir: str, root_dir: str | None = None):
         self.conf_dir = conf_dir
         self.bin_dirs = bin_dirs
-        self.cache_dir = os.path.join(state_dir, "cni", "results")
+        # Where earlier versions kept the cache (lost with a reboot): still read, so an
+        # upgrade tears down the pods set up before it.
+        state_cache = os.path.join(state_dir, "cni", "results")
+        self.cache_dir = os.path.join(root_dir, "cni", "results") if root_dir else state_cache
+        self._cache_dirs = [self.cache_dir] + ([state_cache] if state_cache != self.cache_dir else [])
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
         self.worker = NetworkWorker(state_dir)
         self._seen: tuple | None = None
@@ -153,23 +165,36 @@ class Network:
         if netconf is None:
             raise CniError(IO_FAILURE, f"no usable network: {self._problem}")
         env = invoke.Env("ADD", sandbox_id, netns, ifname, self.bin_dirs, args)
+        path = self._cache_path(netconf["name"], sandbox_id, ifname)
+        cache: dict = {"kind": "cricketCniCacheV1", "config": netconf, "result": None, "containerId": sandbox_id,
+                 "ifName": ifname, "netns": netns, "args": args, "runtimeConfig": runtime_config}
+        _write_json(path, cache)  # the intent, before any plugin makes anything
+        crash_point("cni.after_intent")
         result: dict | None = None
+        ran = 0  # plugins that may have made something
         try:
             for plugin in netconf["plugins"]:
+                invoke.find(plugin["type"], self.bin_dirs)  # one not found has made nothing
+                ran += 1
                 conf = plugin_config(netconf, plugin, runtime_config, result)
                 out = await self._run(plugin["type"], conf, env)
                 if out is not None:
                     result = result_from_any(out)
+                crash_point("cni.mid_add")  # armed: after the first plugin's ADD, before the rest
         except BaseException:
-            await self._delete_chain(netconf, sandbox_id, netns, ifname, args, runtime_config, result)
-            raise
+            # DEL for the plugins that ran. The intent stays until it has finished: if this DEL
+            # fails, teardown runs it again, for the whole chain.
+            try:
+                await self._delete_chain({**netconf, "plugins": netconf["plugins"][:ran]}, sandbox_id, netns,
+                                         ifname, args, runtime_config, result)
+            except CniError as e:
+                log.warning("undoing the failed ADD of pod sandbox %s: %s; teardown will try again", sandbox_id, e)
+            else:
+                _unlink(path)
+            raise  # ADD's error: what the caller needs to hear
         result = result or {"cniVersion": "1.0.0"}
-        cache = {"kind": "cricketCniCacheV1", "config": netconf, "result": result, "ifName": ifname,
-                 "args": args, "runtimeConfig": runtime_config}
-        path = self._cache_path(netconf["name"], sandbox_id, ifname)
-        with open(path + ".tmp", "w") as f:
-            json.dump(cache, f)
-        os.replace(path + ".tmp", path)
+        cache["result"] = result
+        _write_json(path, cache)
         return result
 
     async def delete(self, sandbox_id: str, netns: str, ifname: str) -> None:
@@ -178,19 +203,27 @@ class Network:
             await self._delete(sandbox_id, netns, ifname)
 
     async def _delete(self, sandbox_id: str, netns: str, ifname: str) -> None:
+        suffix = f"-{sandbox_id}-{ifname}.json.tmp"
+        for d in self._cache_dirs:  # a cache write a crash cut short; the entry it replaced counts
+            for name in os.listdir(d) if os.path.isdir(d) else ():
+                if name.endswith(suffix):
+                    _unlink(os.path.join(d, name))
         cached = self._cached(sandbox_id, ifname)
         if cached is None:
             return  # never set up, or torn down already
         path, doc = cached
-        await self._delete_chain(doc["config"], sandbox_id, netns, ifname, doc.get("args") or {},
-                                 doc.get("runtimeConfig") or {}, doc.get("result"))
-        os.unlink(path)
+        # A record made before its netns was saved (a crash in between) still has the intent's.
+        await self._delete_chain(doc["config"], sandbox_id, netns or doc.get("netns") or "", ifname,
+                                 doc.get("args") or {}, doc.get("runtimeConfig") or {}, doc.get("result"))
+        _unlink(path)
 
     async def check(self, sandbox_id: str, netns: str, ifname: str) -> None:
         cached = self._cached(sandbox_id, ifname)
         if cached is None:
             raise CniError(IO_FAILURE, f"pod sandbox {sandbox_id} has no network to check")
         _, doc = cached
+        if doc.get("result") is None:
+            raise CniError(IO_FAILURE, f"pod sandbox {sandbox_id}: its network was never wholly set up")
         netconf = doc["config"]
         env = invoke.Env("CHECK", sandbox_id, netns, ifname, self.bin_dirs, doc.get("args") or {})
         for plugin in netconf["plugins"]:
@@ -198,15 +231,21 @@ class Network:
                                                           doc["result"]), env)
 
     def _cached(self, sandbox_id: str, ifname: str) -> tuple[str, dict] | None:
+        """The pod's cache entry: the result of its ADD, or the intent of an ADD that did not finish."""
         suffix = f"-{sandbox_id}-{ifname}.json"
-        for name in os.listdir(self.cache_dir):
-            if name.endswith(suffix):
-                path = os.path.join(self.cache_dir, name)
-                try:
-                    with open(path) as f:
-                        return path, json.load(f)
-                except (OSError, ValueError):
-                    continue
+        for d in self._cache_dirs:
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(suffix):
+                    path = os.path.join(d, name)
+                    try:
+                        with open(path) as f:
+                            return path, json.load(f)
+                    except (OSError, ValueError):
+                        continue  # written whole by rename: damage, not a write in progress
         return None
 
     async def _delete_chain(self, netconf: dict, sandbox_id: str, netns: str, ifname: str, args: dict,
@@ -219,8 +258,23 @@ class Network:
                 await self._run(plugin["type"], plugin_config(netconf, plugin, runtime_config, result), env)
             except CniError as e:
                 failures.append(str(e))  # the rest still get their DEL
+            crash_point("cni.mid_del")  # armed: after the last plugin's DEL, before the others'
         if failures:
             raise CniError(IO_FAILURE, "CNI DEL did not finish", "; ".join(failures))
 
     def close(self) -> None:
         self.worker.stop()
+
+
+def _write_json(path: str, doc: dict) -> None:
+    """Replace `path` with `doc` whole: a reader sees the old file or the new one."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f)
+    os.replace(path + ".tmp", path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

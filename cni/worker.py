@@ -23,6 +23,7 @@ from cni import invoke
 from cni.spec import IO_FAILURE, CniError
 from frames import channel
 from linux import libc
+from linux.crash_points import crash_point
 
 IDLE_SECONDS = 120.0
 
@@ -41,7 +42,9 @@ def _serve_one(conn: socket.socket, busy: list[int], lock: threading.Lock) -> No
     with conn:
         try:
             request = json.loads(channel.read_frame_blocking(conn))
-            channel.write_frame_blocking(conn, json.dumps(handle(request)).encode())
+            answer = handle(request)
+            crash_point("cni_worker.after_plugin")  # armed: the plugin's work is done, its answer not sent
+            channel.write_frame_blocking(conn, json.dumps(answer).encode())
         except (OSError, ValueError):
             pass
     with lock:
@@ -85,7 +88,10 @@ def serve(path: str) -> None:
 def main() -> int:
     libc.set_name("cricket-net")
     parent = os.getppid()
-    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)  # cricketd's helper, not a lasting service
+    # cricketd's helper, not a lasting service. It dies at once, even in the middle of a plugin
+    # call: the next cricketd runs DEL from the intent cricketd cached before ADD (cni/runtime.py),
+    # and a worker finishing an ADD meanwhile could undo that DEL's work.
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         return 0  # cricketd went before the line above took effect
     os.setsid()

@@ -4,21 +4,24 @@ Every step is idempotent and safe on a half-made container."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import signal
+import time
 
 from api.runtime.v1 import api_pb2 as pb
 from cri import image_mounts
 from cri.errors import (
     RuntimeFailure,
 )
-from cri.records import CREATED, EXITED, RUNNING
-from cri.runtime import Container, Runtime, proc_start_time
+from cri.records import CREATED, EXITED, RUNNING, ContainerRecord
+from cri.runtime import UNKNOWN_EXIT_CODE, Container, Runtime, proc_start_time
 from frames.shim_client import ShimError, ShimGone
 from linux import libc
 from linux.cgroups import Cgroup
+from linux.crash_points import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +66,14 @@ async def kill_and_wait(rt: Runtime, c: Container, timeout: float, sig: int) -> 
         return
     if timeout > 0 and sig != signal.SIGKILL:
         await _signal(rt, c, sig)
+        crash_point("container_stop.after_signal")  # signalled, its exit not yet recorded
         try:
             await asyncio.wait_for(c.exited.wait(), timeout)
             return
         except TimeoutError:
             log.info("container %s outlived its %ss stop timeout; killing it", c.id, timeout)
     await _signal(rt, c, signal.SIGKILL)
+    crash_point("container_stop.after_signal")
     try:
         await asyncio.wait_for(c.exited.wait(), KILL_WAIT_SECONDS)
     except TimeoutError:
@@ -91,29 +96,68 @@ async def stop_container(rt: Runtime, c: Container, timeout: float) -> None:
 SHIM_EXIT_WAIT = 5.0
 
 
+def cgroup_tree(path: str) -> list[str]:
+    """The cgroup `path` and every cgroup under it, in any hierarchy, deepest first."""
+    found = set()
+    for top in Cgroup(path).dirs():
+        for d, _, _ in os.walk(top):
+            found.add(path.rstrip("/") + d[len(top):])
+    return sorted(found, key=lambda p: p.count("/"), reverse=True)
+
+
+def kill_cgroup_tree(path: str) -> None:
+    """SIGKILL every process in the cgroup `path` and in the cgroups under it."""
+    for sub in cgroup_tree(path):
+        try:
+            Cgroup(sub).kill_all(signal.SIGKILL)
+        except OSError as e:
+            log.warning("killing the processes of cgroup %s: %s", sub, e)
+
+
+def container_cgroup(rt: Runtime, rec: ContainerRecord) -> str:
+    """The container's cgroup: from its spec, or, for a create a crash cut short before the
+    record had it, from the config.json the shim was given; "" when neither was made."""
+    spec = rec.spec
+    if not spec:
+        try:
+            with open(os.path.join(rt.layout.bundle(rec.id), "config.json")) as f:
+                spec = json.load(f)
+        except (OSError, ValueError):
+            return ""
+    return (spec.get("linux") or {}).get("cgroupsPath") or ""
+
+
 async def release_container(rt: Runtime, c: Container) -> None:
-    """Everything of a container's but its record: idempotent, and safe on a half-made one."""
+    """Everything of a container's but its record: idempotent, and safe on a half-made one.
+    RuntimeFailure if its cgroup will not go: the record stays for a retry, nothing leaks."""
     rec = c.rec
     if rec.state == RUNNING:
         await kill_and_wait(rt, c, 0, signal.SIGKILL)
-    if rec.shim_pid and proc_start_time(rec.shim_pid) is not None:
+    if rec.shim_pid and rt.shim_alive(c):
         if rec.state != EXITED:  # an exited container's shim is leaving on its own
             try:
                 await c.shim.shutdown()
             except ShimError:
                 pass
-        await _wait_gone(rec.shim_pid)
+        await wait_gone(rec.shim_pid)
+    elif not rec.shim_pid and rt.shim_alive(c):
+        # A shim whose spawn was never answered (cricketd or the zygote died in between):
+        # only its socket knows it. Told to shut down, it lets its held process go and exits.
+        try:
+            await c.shim.shutdown()
+        except ShimError:
+            pass
+        await _wait_silent(c)
+    crash_point("container_remove.after_shim")
     if c.watcher is not None:
         c.watcher.cancel()
-    cgroup_path = (rec.spec.get("linux") or {}).get("cgroupsPath")
-    if cgroup_path:
-        cg = Cgroup(cgroup_path)
-        if cg.exists():
-            cg.kill_all(signal.SIGKILL)  # what a shared-PID-namespace exec left behind
-            try:
-                cg.remove()
-            except OSError as e:
-                log.warning("removing cgroup %s of container %s: %s", cgroup_path, rec.id, e)
+    cgroup_path = container_cgroup(rt, rec)
+    if cgroup_path and Cgroup(cgroup_path).exists():
+        kill_cgroup_tree(cgroup_path)  # what a shared-PID-namespace exec, or a lost pid, left behind
+        try:
+            Cgroup(cgroup_path).remove(recursive=True)
+        except OSError as e:
+            raise RuntimeFailure(f"removing cgroup {cgroup_path} of container {rec.id}: {e}") from None
     rootfs = rt.layout.rootfs(rec.id)
     if os.path.ismount(rootfs):
         libc.umount(rootfs, libc.MNT_DETACH)
@@ -122,11 +166,22 @@ async def release_container(rt: Runtime, c: Container) -> None:
     await asyncio.to_thread(shutil.rmtree, rt.layout.container_dir(rec.id), True)
 
 
-async def _wait_gone(pid: int) -> None:
+async def wait_gone(pid: int) -> None:
+    """Until process `pid` has ended (or SHIM_EXIT_WAIT has passed)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SHIM_EXIT_WAIT
     while proc_start_time(pid) is not None and loop.time() < deadline:
         await asyncio.sleep(0.005)
+
+
+async def _wait_silent(c: Container) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SHIM_EXIT_WAIT
+    while c.shim.listening():
+        if loop.time() > deadline:
+            raise RuntimeFailure(f"the shim of container {c.id} did not exit {SHIM_EXIT_WAIT:.0f}s "
+                                 "after it was told to shut down")
+        await asyncio.sleep(0.01)
 
 
 async def remove_container(rt: Runtime, c: Container) -> None:
@@ -136,6 +191,7 @@ async def remove_container(rt: Runtime, c: Container) -> None:
         if c.rec.state == CREATED:
             log.info("removing container %s, which never started", c.id)
         await release_container(rt, c)
+        crash_point("container_remove.before_forget")
         rt.records.remove_container(c.id)
         del rt.containers[c.id]
     rt.events.emit(pb.CONTAINER_DELETED_EVENT, c.rec.sandbox_id, c.id)
@@ -143,7 +199,22 @@ async def remove_container(rt: Runtime, c: Container) -> None:
 
 
 async def discard_container(rt: Runtime, c: Container) -> None:
-    """Undo a container entirely: its shim, rootfs, directories, cgroup and record. Idempotent."""
-    await release_container(rt, c)
+    """Undo a container entirely: its shim, rootfs, directories, cgroup and record. Idempotent.
+
+    If that fails, the container stays, exited, with the reason in its message, so that its
+    removal (kubelet's garbage collection, or a person's) finishes the job: a record lost here
+    would leave what it owns to nobody."""
+    try:
+        await release_container(rt, c)
+    except (RuntimeFailure, OSError, ShimError) as e:
+        rec = c.rec
+        log.warning("undoing container %s: %s; it stays, exited, for its removal to finish", c.id, e)
+        if rec.state != EXITED:
+            rec.state, rec.exit_code, rec.reason = EXITED, UNKNOWN_EXIT_CODE, "CreateError"
+            rec.finished_at = time.time_ns()
+        rec.message = f"its creation failed and could not be undone: {e}"
+        rt.save(c)
+        c.exited.set()
+        return
     rt.records.remove_container(c.id)
     rt.containers.pop(c.id, None)

@@ -8,6 +8,7 @@ import sys
 
 from cri import config as configuration
 from cri.server import AlreadyRunning, serve
+from image.metadata import StoreDamaged
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(config))
-    except AlreadyRunning as e:
+    except (AlreadyRunning, StoreDamaged) as e:
         print(f"cricketd: {e}", file=sys.stderr)
         return 1
     return 0

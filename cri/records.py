@@ -7,6 +7,10 @@ serialized protobuf, so that status answers echo exactly what was asked for.
 WAL with synchronous=NORMAL: a committed record survives the daemon being
 killed at any moment (which is what a restart must survive); only a power loss
 could take the last commits, and after a reboot every container is exited anyway.
+
+A damaged database (truncated, corrupt, a record that does not decode) stops the
+daemon at start with StoreDamaged: starting over it would lose the records, and
+with them every pod and container they describe.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import base64
 import json
 import sqlite3
 from dataclasses import asdict, dataclass, field, fields
+
+from image.metadata import StoreDamaged, open_store
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -30,6 +36,9 @@ CREATE TABLE IF NOT EXISTS containers (
 """
 
 SANDBOX_READY, SANDBOX_NOTREADY = "ready", "notready"
+# Being set up by RunPodSandbox (reported as not ready): a record still in this state at start
+# is a set-up a crash cut short, undone then (cri/recover.py), so its name is free for a retry.
+SANDBOX_CREATING = "creating"
 CREATED, RUNNING, EXITED, UNKNOWN = "created", "running", "exited", "unknown"
 
 
@@ -74,7 +83,9 @@ class ContainerRecord:
     # The images mounted into it (Mount.image), each {"container_path", "image_id", "chain_id"}:
     # their snapshots are kept from image GC while we exist, as the rootfs's are.
     image_mounts: list[dict] = field(default_factory=list)
-    spec: dict = field(default_factory=dict)  # the OCI runtime spec
+    # The OCI runtime spec. CreateContainer saves it with the rest once the container is made, so
+    # a record without one at start is a create a crash cut short (cri/recover.py undoes it).
+    spec: dict = field(default_factory=dict)
     state: str = CREATED
     started_at: int = 0
     finished_at: int = 0
@@ -99,12 +110,30 @@ def _decode(cls, text: str):
     return cls(**{k: v for k, v in doc.items() if k in known})
 
 
+# What a damaged runtime.db would cost, for the message that refuses to start over it.
+_LOSS = "every pod and container it records, and leave their processes, mounts and networks to nobody"
+
+
 class RecordStore:
     def __init__(self, path: str):
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.path = path
+        self._db = open_store(path, _SCHEMA, ("sandboxes", "containers"), "NORMAL", "the record database", _LOSS)
+        self.sandboxes()  # every record read whole now, before anything is started: StoreDamaged if not
+        self.containers()
+
+    def _rows(self, cls, table: str) -> list:
+        out = []
+        try:
+            rows = self._db.execute(f"SELECT id, record FROM {table}").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise StoreDamaged(self.path, "the record database", str(e), _LOSS) from None
+        for ident, text in rows:
+            try:
+                out.append(_decode(cls, text))
+            except (ValueError, TypeError, KeyError) as e:
+                raise StoreDamaged(self.path, "the record database",
+                                   f"the record of {table[:-1]} {ident} does not decode: {e}", _LOSS) from None
+        return out
 
     def close(self) -> None:
         self._db.close()
@@ -141,7 +170,7 @@ class RecordStore:
         self._db.execute("DELETE FROM containers WHERE id=?", (container_id,))
 
     def sandboxes(self) -> list[SandboxRecord]:
-        return [_decode(SandboxRecord, r[0]) for r in self._db.execute("SELECT record FROM sandboxes")]
+        return self._rows(SandboxRecord, "sandboxes")
 
     def containers(self) -> list[ContainerRecord]:
-        return [_decode(ContainerRecord, r[0]) for r in self._db.execute("SELECT record FROM containers")]
+        return self._rows(ContainerRecord, "containers")

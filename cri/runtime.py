@@ -34,7 +34,9 @@ UNKNOWN_EXIT_REASON = "Unknown"
 
 
 def proc_start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot (with its pid, an identity), or None if gone."""
+    """A process's start time in clock ticks since boot (with its pid, an identity), or None if
+    gone. A zombie is gone: it has ended, and waits only for its parent (perhaps not ours, when
+    the one that forked it died) to reap it."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -42,7 +44,15 @@ def proc_start_time(pid: int) -> int | None:
         return None
     # The command name may hold spaces and parens: fields resume after the last ')'.
     fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[19])
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def alive(pid: int, start: int) -> bool:
@@ -63,6 +73,9 @@ def read_exit_file(path: str) -> dict | None:
 class Sandbox:
     rec: SandboxRecord
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Its set-up was cut short (a crash, or an undo that failed) and nobody is finishing it:
+    # a RunPodSandbox for its name undoes it first (cri/sandbox_lifecycle.py's discard_sandbox).
+    abandoned: bool = False
 
     @property
     def id(self) -> str:
@@ -90,10 +103,11 @@ class Runtime:
         self.images = images
         self.zygote = ZygoteClient(config.state_dir)
         self.handlers = runtime_handlers(config)  # OCI runtimes by handler name, beside the built-in
-        self.network = Network(config.cni.conf_dir, config.cni.bin_dirs, config.state_dir)
+        self.network = Network(config.cni.conf_dir, config.cni.bin_dirs, config.state_dir, config.root_dir)
         self.events = EventBus()
         self.sandboxes: dict[str, Sandbox] = {}
         self.containers: dict[str, Container] = {}
+        self.pod_inits_spawning = 0  # pod inits asked of the zygote and not yet recorded
         # Digests and chain IDs that running pulls hold (set by the daemon's wiring).
         self.pull_leases: Callable[[], set[str]] = set
 
@@ -164,7 +178,7 @@ class Runtime:
             return True
         data = read_exit_file(self.layout.exit_file(rec.id))
         if data is None:
-            if self._shim_alive(c):
+            if self.shim_alive(c):
                 return False
             if alive(rec.pid, rec.pid_start):
                 os.kill(rec.pid, signal.SIGKILL)
@@ -184,15 +198,42 @@ class Runtime:
         self.events.emit(pb.CONTAINER_STOPPED_EVENT, rec.sandbox_id, rec.id)
         return True
 
-    def _shim_alive(self, c: Container) -> bool:
-        return c.rec.shim_pid > 0 and proc_start_time(c.rec.shim_pid) is not None \
-            and os.path.exists(c.shim.socket)
+    def shim_alive(self, c: Container) -> bool:
+        if not c.rec.shim_pid:  # spawned, but its pid never heard (a crash, or the zygote died)
+            return c.shim.listening()
+        # The pid is the shim's still if it is a shim (or a fork of the zygote not yet renamed):
+        # a dead shim's pid given to another process must not keep its container running forever.
+        return proc_start_time(c.rec.shim_pid) is not None and os.path.exists(c.shim.socket) \
+            and _comm(c.rec.shim_pid) in ("cricket-shim", "cricket-zygote")
 
     def save(self, obj: Sandbox | Container) -> None:
         if isinstance(obj, Sandbox):
             self.records.update_sandbox(obj.rec)
         else:
             self.records.update_container(obj.rec)
+
+
+def zygote_family(zygote_socket: str) -> list[tuple[int, str, int]]:
+    """Every process forked from a zygote serving `zygote_socket`, this daemon's or a killed
+    predecessor's on the same state dir: (pid, comm, its pid in its own PID namespace). Forked
+    without exec, they all carry the zygote's command line; a pod init is PID 1 of a namespace
+    of its own (before it has named itself too). Containers exec, so they are not among them."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if argv[1:5] != [b"-m", b"shim.zygote", b"--socket", os.fsencode(zygote_socket)]:
+                continue
+            with open(f"/proc/{name}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        inner = int(status.get("NSpid", name).split()[-1])
+        out.append((int(name), status.get("Name", "").strip(), inner))
+    return out
 
 
 def _find(table: dict, ident: str, what: str):

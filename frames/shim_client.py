@@ -1,14 +1,17 @@
 """cricketd's clients of the shim protocol (api/shim/v1/shim.proto): the zygote's and each shim's."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
 
 from api.shim.v1 import shim_pb2 as pb
+from frames import channel
 from frames.client import call
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,10 @@ class ShimGone(ShimError):
     """The shim is not there to answer: it exited, or it died."""
 
 
+class ShimSilent(ShimError):
+    """The shim is there but did not answer in time (still setting its container up, say)."""
+
+
 class ZygoteClient:
     """Starts the zygote (shim/zygote.py), the template process shims are forked from, and asks it for forks."""
 
@@ -31,8 +38,17 @@ class ZygoteClient:
         self.socket = os.path.join(state_dir, "zygote.sock")
         self._proc: subprocess.Popen | None = None
         self._lifeline: int | None = None
+        self._restarting: asyncio.Lock | None = None
+
+    @property
+    def pid(self) -> int:
+        """The zygote's pid; 0 when none is running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else 0
 
     def start(self) -> None:
+        if self._lifeline is not None:  # a zygote that died: its lifeline goes with it
+            os.close(self._lifeline)
+            self._lifeline = None
         r, w = os.pipe2(os.O_CLOEXEC)
         os.set_inheritable(r, True)
         try:
@@ -61,7 +77,21 @@ class ZygoteClient:
         # It lingers while containers run; it is no longer ours to wait for.
         self._proc = None
 
+    async def _alive(self) -> None:
+        """Start another zygote if ours died (killed, or the OOM killer's pick): without one no
+        container could be created until cricketd restarted. Its shims live on without it."""
+        if self._proc is None or self._proc.poll() is None:
+            return
+        if self._restarting is None:
+            self._restarting = asyncio.Lock()
+        async with self._restarting:
+            if self._proc is not None and self._proc.poll() is not None:
+                log.warning("the zygote (pid %d) died with status %s; starting another",
+                            self._proc.pid, self._proc.returncode)
+                await asyncio.to_thread(self.start)
+
     async def _call(self, req: pb.ZygoteRequest) -> pb.ZygoteResponse:
+        await self._alive()
         try:
             answer = await call(self.socket, req.SerializeToString())
         except (ConnectionError, FileNotFoundError) as e:
@@ -87,6 +117,47 @@ class ShimClient:
 
     def __init__(self, socket_path: str):
         self.socket = socket_path
+
+    def listening(self) -> bool:
+        """Whether a shim listens on the socket. Only the shim holds it once forked (the zygote
+        binds it and lets go), so this is the shim's liveness when its pid was never learned."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(1.0)
+        try:
+            with channel.reachable(self.socket) as name:
+                sock.connect(name)
+            return True
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except OSError:
+            return True  # a full backlog, a timeout: someone is there
+        finally:
+            sock.close()
+
+    def _call_blocking(self, req: pb.Request, timeout: float) -> pb.Response:
+        """One request without an event loop: for recovery, before cricketd serves."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            with channel.reachable(self.socket) as name:
+                sock.connect(name)
+            channel.write_frame_blocking(sock, req.SerializeToString())
+            resp = pb.Response.FromString(channel.read_frame_blocking(sock))
+        except (FileNotFoundError, ConnectionError) as e:
+            raise ShimGone(f"the shim at {self.socket} is gone: {e}") from None
+        except OSError as e:  # a timeout: alive, but not answering
+            raise ShimSilent(f"the shim at {self.socket} did not answer within {timeout:.0f}s: {e}") from None
+        finally:
+            sock.close()
+        if resp.error:
+            raise ShimError(resp.error)
+        return resp
+
+    def state_blocking(self, timeout: float) -> pb.State:
+        return self._call_blocking(pb.Request(state=pb.StateRequest()), timeout).state
+
+    def shutdown_blocking(self, timeout: float) -> None:
+        self._call_blocking(pb.Request(shutdown=pb.ShutdownRequest()), timeout)
 
     async def _call(self, req: pb.Request, fds=()) -> pb.Response:
         try:

@@ -11,6 +11,8 @@ import os
 import re
 import time
 
+from linux.crash_points import crash_point
+
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -53,6 +55,7 @@ class ContentStore:
         dst = self.path(digest)
         with open(src, "rb") as f:
             os.fsync(f.fileno())
+        crash_point("image_pull.mid_commit")  # verified and synced, not yet in the store
         os.replace(src, dst)
         return dst
 

@@ -3,10 +3,15 @@
 Every change that must be seen whole (an image with its names and blobs, a
 snapshot row with its directory) is one transaction, so a SIGKILL at any moment
 leaves either the old state or the new one.
+
+A damaged database stops the daemon at start (StoreDamaged) rather than being
+started over: an empty store would drop every image, and garbage collection would
+then delete every blob and snapshot the lost records referenced.
 """
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -65,13 +70,103 @@ class SnapshotRecord:
     inodes: int
 
 
+class StoreDamaged(Exception):
+    """A metadata database that cannot be read whole. The message is one line: which file, what
+    is wrong, and what to do; the daemon prints it and exits instead of starting over it."""
+
+    def __init__(self, path: str, what: str, reason: str, loss: str):
+        reason = " ".join(reason.split())  # SQLite's integrity reports come in lines
+        # The salvage is .dump's, which reads what it can and ends in ROLLBACK at the first
+        # damaged page (turned into COMMIT); the sqlite3 CLI's .recover fails in 3.40.
+        super().__init__(
+            f"{what} {path} is damaged ({reason}); cricketd will not start over it, as that would lose {loss}. "
+            f"Restore it from a backup, or keep what is readable: `(sqlite3 {path} .dump | grep -v '^ROLLBACK'; "
+            f"echo 'COMMIT;') | sqlite3 {path}.salvaged`, then move {path}.salvaged to {path} and delete "
+            f"{path}-wal and {path}-shm"
+        )
+        self.path = path
+
+
+def open_store(path: str, schema: str, tables: tuple[str, ...], synchronous: str, what: str,
+               loss: str) -> sqlite3.Connection:
+    """Open (or create) an SQLite store in WAL mode, refusing one that is damaged.
+
+    A new database is made whole under another name and renamed into place, so a file at
+    `path` always had its schema: one that is empty, is not a database, lacks a table, or
+    fails SQLite's quick check was damaged (truncated, overwritten), and StoreDamaged says so.
+    """
+    if not os.path.exists(path):
+        _create(path, schema)
+    elif os.path.getsize(path) == 0:
+        # SQLite takes an empty file for a new, empty database: that would silently drop every record.
+        raise StoreDamaged(path, what, "it is empty: truncated", loss)
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StoreDamaged(path, what, str(e), loss) from None
+    try:
+        # Checked before anything is written: a refused store is left as it was found.
+        problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StoreDamaged(path, what, "; ".join(problems[:3]), loss)
+        have = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in tables if t not in have]
+        if missing:
+            raise StoreDamaged(path, what, f"it has no table {', '.join(missing)}", loss)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.executescript(schema)  # indexes, and tables a newer version added
+    except sqlite3.DatabaseError as e:
+        db.close()
+        raise StoreDamaged(path, what, str(e), loss) from None
+    except StoreDamaged:
+        db.close()
+        raise
+    return db
+
+
+def _create(path: str, schema: str) -> None:
+    new = path + ".new"
+    for leftover in (new, new + "-journal"):
+        try:
+            os.unlink(leftover)  # a creation a crash cut short
+        except FileNotFoundError:
+            pass
+    db = sqlite3.connect(new, isolation_level=None)
+    try:
+        db.executescript(schema)
+    finally:
+        db.close()
+    with open(new, "rb") as f:
+        os.fsync(f.fileno())
+    os.rename(new, path)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# What a damaged images.db would cost, for the message that refuses to start over it.
+_LOSS = "every image it records, and garbage collection would then delete their blobs and snapshots"
+
+
 class Metadata:
     def __init__(self, path: str):
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self.path = path
+        self._db = open_store(path, _SCHEMA, ("images", "image_names", "image_blobs", "snapshots"), "FULL",
+                              "the image database", _LOSS)
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._check_records()
+
+    def _check_records(self) -> None:
+        """Read every image record whole; StoreDamaged names the first that does not decode."""
+        for ident, config in self._db.execute("SELECT id, config FROM images"):
+            try:
+                json.loads(config)
+            except (ValueError, TypeError) as e:
+                raise StoreDamaged(self.path, "the image database",
+                                   f"the record of image {ident} does not decode: {e}", _LOSS) from None
 
     def close(self) -> None:
         self._db.close()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,6 +24,7 @@ from image.manifest import (
     Index,
     ManifestError,
     host_platform,
+    parse_config,
     parse_manifest,
     select_platform,
 )
@@ -34,6 +35,7 @@ from image.snapshots import chain_ids
 from image.store import ImageStore
 from image.unpack import LayerError, unpack_layer
 from linux import libc
+from linux.crash_points import armed, crash_point
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("cricket.image")
@@ -178,6 +180,7 @@ class Puller:
         present = self._store.metadata.image(doc.config.digest)
         if present and all(n in present.repo_tags + present.repo_digests for n, _ in names):
             return present  # a re-pull that changed nothing writes nothing
+        crash_point("image_pull.before_record")  # every blob and snapshot in place, no image recorded
         record = ImageRecord(
             id=doc.config.digest,
             manifest_digest=manifest_digest,
@@ -224,6 +227,8 @@ class Puller:
             watch.update(digest, size, 0, "waiting")
 
         def progress(done: int) -> None:
+            if 0 < done < size:
+                crash_point("image_pull.mid_download")  # part of the blob in its ingest file
             if watch is not None:
                 watch.update(digest, size, done, "downloading")
 
@@ -256,7 +261,10 @@ class Puller:
         new_dir = snapshots.new_dir()
         try:
             path = self._store.content.path(layer.digest)
-            result = await _in_thread(unpack_layer, path, layer.media_type, new_dir, self.limits)
+            unpacking = _in_thread(unpack_layer, path, layer.media_type, new_dir, self.limits)
+            if armed("image_pull.mid_unpack"):
+                unpacking = _crash_mid_unpack(unpacking, new_dir)
+            result = await unpacking
             if result.diff_id != diff_id:
                 raise LayerError(
                     f"layer {layer.digest}: uncompressed content hashes to {result.diff_id}, "
@@ -269,6 +277,17 @@ class Puller:
         except BaseException:
             snapshots.discard(new_dir)
             raise
+
+
+async def _crash_mid_unpack(unpacking, new_dir: str):
+    """The crash point image_pull.mid_unpack: SIGKILL once the unpack has written something and
+    before it has finished (whose thread cannot be stopped in between otherwise)."""
+    work = asyncio.ensure_future(unpacking)
+    while not work.done():
+        if os.listdir(new_dir):
+            crash_point("image_pull.mid_unpack")
+        await asyncio.sleep(0)
+    return await work
 
 
 class _Shared:
@@ -296,11 +315,8 @@ def _check_config_size(ref: Reference, digest: str, size: int) -> None:
 
 def _load_config(data: bytes, ref: Reference) -> dict:
     try:
-        config = json.loads(data)
-    except ValueError as e:
-        raise ContentError(f"{ref}: image config is not JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ContentError(f"{ref}: image config is not a JSON object")
-    return config
+        return parse_config(data)
+    except ManifestError as e:
+        raise ContentError(f"{ref}: {e}") from None
 
 

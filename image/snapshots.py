@@ -15,6 +15,7 @@ import tempfile
 from typing import cast
 
 from image.metadata import Metadata, SnapshotRecord
+from linux.crash_points import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Snapshotter:
     def commit(self, new_dir: str, chain_id: str, parent: str, diff_id: str, size: int, inodes: int) -> SnapshotRecord:
         def place(sid: int) -> None:
             os.rename(new_dir, os.path.join(self.root, str(sid)))
+            crash_point("image_pull.snapshot_placed")  # in place, its row not committed
 
         self._md.add_snapshot(chain_id, parent, diff_id, size, inodes, place)
         return cast(SnapshotRecord, self._md.snapshot(chain_id))  # just added
@@ -72,6 +74,7 @@ class Snapshotter:
     def remove(self, rec: SnapshotRecord) -> None:
         # The row goes first: a crash after it leaves a stray directory, which sweep() removes.
         self._md.remove_snapshot(rec.chain_id)
+        crash_point("image_remove.mid_collect")  # its row gone, its directory not yet
         shutil.rmtree(self.path(rec), ignore_errors=True)
 
     def sweep(self) -> None:

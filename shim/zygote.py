@@ -24,6 +24,7 @@ import sys
 from api.shim.v1 import shim_pb2 as pb
 from frames import channel
 from linux import cgroups, libc, namespaces
+from linux.crash_points import armed, crash_point, die
 from shim import pod_init
 from shim.diag import diag
 from shim.server import Shim
@@ -39,6 +40,12 @@ class Zygote:
         self.socket_inode = os.stat(socket_path).st_ino
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.draining = False
+        self.cricketd = os.getppid()
+
+    def _kill_cricketd_at(self, step: str) -> None:
+        # Only while cricketd is still our parent: once it is gone, the parent is someone else's.
+        if armed(step) and os.getppid() == self.cricketd:
+            die(step, self.cricketd)
 
     def serve(self) -> None:
         signal.set_wakeup_fd(self.wake_w)
@@ -110,6 +117,7 @@ class Zygote:
                 self._run_child(
                     lambda: namespaces.pin_namespaces(p.net, p.ipc, p.uts, p.hostname, dict(p.sysctls)), conn
                 )
+                crash_point("zygote.pin_namespaces")  # pinned, unanswered
                 return pb.ZygoteResponse()
             if call == "spawn_pod_init":
                 return pb.ZygoteResponse(pid=self._spawn_pod_init(conn))
@@ -129,6 +137,9 @@ class Zygote:
         conn.close()
 
     def _spawn_shim(self, req: pb.SpawnShim, conn: socket.socket) -> int:
+        # Steps of cricketd's CreateContainer that only the zygote sees: cricketd (our parent) is
+        # killed with the rootfs and config.json made but no shim, or with a shim it never heard of.
+        self._kill_cricketd_at("container_create.before_spawn")
         # Bound here, before the fork: the socket exists by the time cricketd hears the pid.
         _unlink(req.socket)
         shim_socket = _listen(req.socket)
@@ -137,6 +148,8 @@ class Zygote:
             self._in_child(conn)
             Shim(req, shim_socket).run()  # never returns
         shim_socket.close()
+        self._kill_cricketd_at("container_create.shim_spawned")
+        crash_point("zygote.spawn_shim")  # the zygote itself dies with the shim forked, unanswered
         return pid
 
     def _run_child(self, body, conn: socket.socket) -> None:
@@ -180,6 +193,7 @@ class Zygote:
         os.waitpid(pid, 0)
         if not message.startswith("pid "):
             raise ChildFailed(message or "the pod init's parent exited without a word")
+        crash_point("zygote.spawn_pod_init")  # the pod init runs, unanswered
         return int(message[4:])
 
 

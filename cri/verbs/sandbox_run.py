@@ -10,13 +10,14 @@ from api.runtime.v1 import api_pb2 as pb
 from cri import security
 from cri.config import BUILTIN_HANDLER
 from cri.errors import AlreadyExists, InvalidArgument, RuntimeFailure, handle_errors
-from cri.pod_network import attach_network, detach_network
-from cri.records import SANDBOX_NOTREADY, SANDBOX_READY, NameInUse, SandboxRecord
+from cri.pod_network import attach_network
+from cri.records import SANDBOX_CREATING, SANDBOX_READY, NameInUse, SandboxRecord
 from cri.runtime import Runtime, Sandbox
 from cri.sandbox_files import write_sandbox_files
-from cri.sandbox_lifecycle import CGROUP_ROOT, ensure_pod_init, remove_sandbox_files
+from cri.sandbox_lifecycle import CGROUP_ROOT, discard_sandbox, ensure_pod_init
 from linux import libc
 from linux.cgroups import Cgroup
+from linux.crash_points import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +58,52 @@ async def run_pod_sandbox(rt: Runtime, config: pb.PodSandboxConfig, handler: str
         raise InvalidArgument(f"unknown runtime handler {handler!r}: this node has {known}")
     rec = SandboxRecord(
         id=secrets.token_hex(32), name=sandbox_name(config.metadata), config=config.SerializeToString(),
-        runtime_handler=handler, created_at=time.time_ns(), state=SANDBOX_NOTREADY,
+        runtime_handler=handler, created_at=time.time_ns(), state=SANDBOX_CREATING,
     )
     rec.cgroup_parent = config.linux.cgroup_parent or f"{CGROUP_ROOT}/{rec.id}"
-    try:
-        rt.records.add_sandbox(rec)  # reserves the name before anything is made
-    except NameInUse as e:
-        raise AlreadyExists(f"pod sandbox name {e.name!r} is reserved for {e.holder}") from None
+    await _record(rt, rec)
+    log.debug("pod sandbox %s (%s) recorded", rec.id, rec.name)
+    crash_point("sandbox_run.after_record")
     sandbox = Sandbox(rec)
     rt.sandboxes[rec.id] = sandbox
     try:
         async with sandbox.lock:
             await _set_up(rt, sandbox, config)
+            crash_point("sandbox_run.before_ready")
             rec.state = SANDBOX_READY
             rt.save(sandbox)
     except BaseException:
         try:
-            await detach_network(rt, rec)
-        except RuntimeFailure as e:
-            log.warning("%s", e)
-        remove_sandbox_files(rt, rec)
-        rt.records.remove_sandbox(rec.id)
-        del rt.sandboxes[rec.id]
+            await discard_sandbox(rt, sandbox)
+        except Exception as e:  # the pod stays, abandoned, for a retry: the set-up's error is the answer
+            log.warning("undoing pod sandbox %s: %s", rec.id, e)
         raise
     # A pod sandbox is reported as containerd reports its sandbox container: made, then running.
     rt.events.emit(pb.CONTAINER_CREATED_EVENT, rec.id)
     rt.events.emit(pb.CONTAINER_STARTED_EVENT, rec.id)
     return sandbox
+
+
+async def _record(rt: Runtime, rec: SandboxRecord) -> None:
+    """Record the sandbox, reserving its name before anything is made. A name held by a pod
+    whose set-up a crash cut short is freed first: a retried RunPodSandbox succeeds."""
+    try:
+        rt.records.add_sandbox(rec)
+        return
+    except NameInUse as e:
+        holder = rt.sandboxes.get(e.holder)
+        if holder is None or not holder.abandoned:
+            raise AlreadyExists(f"pod sandbox name {e.name!r} is reserved for {e.holder}") from None
+    log.info("pod sandbox %s holds the name %r but was never set up wholly: undoing it", holder.id, rec.name)
+    try:
+        await discard_sandbox(rt, holder)
+    except RuntimeFailure as e:
+        raise AlreadyExists(f"pod sandbox name {rec.name!r} is held by {holder.id}, left half-made by a crash, "
+                            f"and undoing it failed: {e}; remove that pod sandbox") from None
+    try:
+        rt.records.add_sandbox(rec)
+    except NameInUse as e:
+        raise AlreadyExists(f"pod sandbox name {e.name!r} is reserved for {e.holder}") from None
 
 
 async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) -> None:
@@ -107,9 +127,11 @@ async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) ->
         await rt.zygote.pin_namespaces(paths["net"], paths["ipc"], paths["uts"], rec.hostname,
                                        security.pod_sysctls(config))
     rec.netns, rec.ipcns, rec.utsns = paths["net"], paths["ipc"], paths["uts"]
+    crash_point("sandbox_run.after_pin")
 
     if not host_network:
         rec.ips = await attach_network(rt, rec, config)
+        crash_point("sandbox_run.after_cni_add")
 
     if ns.ipc == pb.POD:
         shm = layout.sandbox_shm(rec.id)
@@ -120,6 +142,7 @@ async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) ->
 
     parent = Cgroup(rec.cgroup_parent)
     rec.own_cgroup_parent = not parent.exists()  # kubelet makes its pods' parents; others are ours to remove
+    rt.save(sandbox)  # recorded before it is made: undoing a set-up a crash cut short removes it
     parent.create()
     if rec.own_cgroup_parent and config.linux.resources.ByteSize():
         parent.apply(security.resources(config.linux.resources))  # a parent kubelet made, kubelet limits
