@@ -13,8 +13,8 @@ import stat
 from collections.abc import Collection, Iterable, Mapping
 
 from api.runtime.v1 import api_pb2 as pb
-from cri.errors import InvalidArgument
-from linux import caps, openat2
+from cri.errors import FailedPrecondition, InvalidArgument
+from linux import caps, libc, openat2
 from linux.mounts import mount_of
 
 OCI_VERSION = "1.1.0"
@@ -259,6 +259,7 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
             raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
         if not m.image.image and not m.host_path:
             raise InvalidArgument(f"mount of {m.container_path} has no host_path")
+        _check_recursive_read_only(m)
     # This container's own writable mounts count as well: an earlier attempt of it had them, and
     # may have planted a symlink for this one to follow.
     roots = frozenset(os.path.normpath(r) for r in writable)  # once: resolve_source takes a frozenset as it is
@@ -271,11 +272,11 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
             # to propagate. Its source is resolved already, inside the image.
             binds.append({"destination": m.container_path, "type": "bind",
                           "source": os.path.realpath(image_sources[m.container_path]),
-                          "options": ["rbind", "rprivate", "ro"]})
+                          "options": ["rbind", "rprivate", "ro", *_rro(m)]})
             continue
         source = resolve_source(m.host_path, roots, m.container_path)
         _check_propagation(m, source)
-        options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw"]
+        options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw", *_rro(m)]
         binds.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
     for dest, source in volumes:
         if posixpath.normpath(dest) not in taken:
@@ -296,7 +297,8 @@ def writable_dirs(specs: Iterable[dict]) -> set[str]:
     out = set()
     for spec in specs:
         for m in spec.get("mounts") or ():
-            if m.get("type") == "bind" and "ro" not in (m.get("options") or ()) and m.get("source"):
+            options = m.get("options") or ()
+            if m.get("type") == "bind" and "ro" not in options and "rro" not in options and m.get("source"):
                 out.add(os.path.normpath(m["source"]))
     return out
 
@@ -393,6 +395,31 @@ def _make_missing(path: str, jail: str | None, where: str) -> str:
     except OSError as e:
         raise InvalidArgument(f"{where}: can not make {path}: {e.strerror or e}") from None
     return path
+
+
+def _rro(m: pb.Mount) -> list[str]:
+    """"rro" for a recursive read-only mount (runc's and crun's option, as containerd sends it),
+    beside the plain "ro" that keeps the mount itself read-only whoever reads the spec."""
+    return ["rro"] if m.recursive_read_only else []
+
+
+def _check_recursive_read_only(m: pb.Mount) -> None:
+    """containerd's refusals: recursive_read_only is a kind of readonly, and mounts propagated
+    into the container later would not be read-only, so only private propagation goes with it."""
+    if not m.recursive_read_only:
+        return
+    what = f"mount {m.container_path}" + (f" (host_path {m.host_path})" if m.host_path else "")
+    if not m.readonly:
+        raise InvalidArgument(f"{what}: recursive_read_only needs readonly as well: a recursive read-only "
+                              "mount can not be read-write")
+    if m.propagation != pb.PROPAGATION_PRIVATE:
+        name = pb.MountPropagation.Name(m.propagation) if m.propagation in pb.MountPropagation.values() \
+            else str(m.propagation)
+        raise InvalidArgument(f"{what}: recursive_read_only needs private propagation, not {name}: mounts "
+                              "propagated into the container later would not be read-only")
+    if not libc.has_mount_setattr():
+        raise FailedPrecondition(f"{what}: recursive_read_only needs mount_setattr(2), which this kernel lacks "
+                                 "(Linux 5.12 or later has it): Status does not offer recursive read-only mounts")
 
 
 def _check_propagation(m: pb.Mount, source: str) -> None:

@@ -3,12 +3,15 @@ file per verb), over the shared Runtime. Every call of the schema is served (a c
 before it is built would answer UNIMPLEMENTED by name: tests/unit/test_cri_calls.py says which)."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
+from cri import handler_features
 from cri.config import BUILTIN_HANDLER
 from cri.errors import handle_errors
+from cri.handler_features import HandlerFeatures
 from cri.pod_cidr import PodCidrs
 from cri.runtime import Runtime
 from cri.stats import CpuRates
@@ -57,6 +60,21 @@ class RuntimeService(
         self.streaming = streaming
         self.rates = CpuRates()  # the last CPU sample of each cgroup, for the stats calls' rates
         self.pod_cidrs = PodCidrs(rt.config.root_dir)  # as kubelet last gave them (UpdateRuntimeConfig)
+        self._features: asyncio.Future[dict[str, HandlerFeatures]] | None = None
+
+    async def runtime_handler_features(self) -> dict[str, HandlerFeatures]:
+        """Each handler's features by name, worked out once (asking a runtime runs it: in a
+        thread, which concurrent callers share and none of them can cancel for the others)."""
+        if self._features is None:
+            self._features = asyncio.ensure_future(asyncio.to_thread(self._work_out_features))
+        return await asyncio.shield(self._features)
+
+    def _work_out_features(self) -> dict[str, HandlerFeatures]:
+        builtin = handler_features.builtin()
+        out = {"": builtin, BUILTIN_HANDLER: builtin}
+        for name, h in self.rt.handlers.items():
+            out[name] = handler_features.oci_runtime(h.path)
+        return out
 
     @handle_errors
     async def Version(self, request, context):
@@ -79,13 +97,14 @@ class RuntimeService(
             info["config"] = json.dumps(self.rt.config.as_dict())
             info["runtimeHandlers"] = json.dumps({name: h.path for name, h in self.rt.handlers.items()})
             info["podCIDRs"] = json.dumps(self.pod_cidrs.cidrs)
+        features = await self.runtime_handler_features()
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,
             runtime_handlers=[
                 pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures(
-                    recursive_read_only_mounts=False, user_namespaces=False))
-                for name in ["", BUILTIN_HANDLER, *self.rt.handlers]
+                    recursive_read_only_mounts=f.recursive_read_only_mounts, user_namespaces=f.user_namespaces))
+                for name, f in features.items()
             ],
             # Strict and Merge are both honoured (cri/oci_spec.py resolve_user); kubelet refuses
             # a pod that asks for Strict from a runtime that does not say so.

@@ -81,6 +81,17 @@ def check_privileged(ctx: pb.LinuxContainerSecurityContext, sandbox: pb.PodSandb
         raise InvalidArgument("security_context.privileged: a privileged container needs a privileged pod sandbox")
 
 
+def proc_paths(ctx: pb.LinuxContainerSecurityContext) -> tuple[list[str], list[str]]:
+    """The spec's maskedPaths and readonlyPaths: the context's, exactly, as containerd and CRI-O
+    take them. kubelet always sends both, and that is how it says procMount: its default lists
+    for Default, none at all for Unmasked. The API allows Unmasked only with hostUsers: false;
+    like containerd, Cricket does not ask for a user namespace before it leaves /proc unmasked.
+    A privileged container gets neither (its /proc is the host's to see)."""
+    if ctx.privileged:
+        return [], []
+    return list(ctx.masked_paths), list(ctx.readonly_paths)
+
+
 _HOST_DEV_SKIP = ("/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/fd", "/dev/.lxc", "/dev/.udev")
 
 

@@ -6,6 +6,7 @@ doing, so an executor error says which mount or namespace failed.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Set
 
@@ -55,6 +56,21 @@ MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
+# mount_setattr(2) (linux/mount.h, linux/fcntl.h): attributes of a mount, and with AT_RECURSIVE of
+# every mount beneath it too, which mount(2)'s remount can only change one mount at a time.
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70  # the access-time field: cleared whenever one of its values is set
+MOUNT_ATTR_RELATIME = 0x0
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+
 # prctl(2) options.
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
@@ -71,6 +87,7 @@ _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_CAPGET = 125
 _SYS_CAPSET = 126
 _SYS_SECCOMP = 317
+_SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added after the tables merged)
 _SECCOMP_SET_MODE_FILTER = 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -93,6 +110,36 @@ def _b(s: str | None) -> bytes | None:
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
     what = f"mount {source or fstype or 'none'} on {target}"
     _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), what)
+
+
+class _MountAttr(ctypes.Structure):  # struct mount_attr, its first version (MOUNT_ATTR_SIZE_VER0)
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, what: str = "") -> None:
+    """Change the attributes (MOUNT_ATTR_*) of the mount at `path` relative to `dirfd` (with
+    AT_EMPTY_PATH and "", of the mount `dirfd` holds); with AT_RECURSIVE, of its submounts too."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    _check(_libc.syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags),
+                         ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+           f"mount_setattr {what or path}")
+
+
+_has_mount_setattr: bool | None = None
+
+
+def has_mount_setattr() -> bool:
+    """Whether this kernel (5.12 or later), and any seccomp filter this process is under, let
+    mount_setattr(2) through. It is asked to change nothing, which a kernel that has it answers
+    with success before it looks at the path; ENOSYS (or EPERM from a filter) means it has not."""
+    global _has_mount_setattr
+    if _has_mount_setattr is None:
+        attr = _MountAttr(0, 0, 0, 0)
+        result = _libc.syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(-1), b"", ctypes.c_uint(AT_EMPTY_PATH),
+                               ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+        _has_mount_setattr = result == 0 or ctypes.get_errno() not in (errno.ENOSYS, errno.EPERM)
+    return _has_mount_setattr
 
 
 def umount(target: str, flags: int = 0) -> None:

@@ -38,6 +38,25 @@ _PROPAGATION = {
     "shared": libc.MS_SHARED, "rshared": libc.MS_SHARED | libc.MS_REC,
     "unbindable": libc.MS_UNBINDABLE, "runbindable": libc.MS_UNBINDABLE | libc.MS_REC,
 }
+# Recursive options, runc's and crun's convention ("rro" is what containerd sends for the CRI's
+# recursive_read_only): attributes set by mount_setattr(2) on the mount and every mount beneath
+# it. name -> (attributes to set, attributes to clear). An access-time value is one field of
+# several bits, so setting any clears the whole field first, as the kernel requires.
+_RECURSIVE = {
+    "rro": (libc.MOUNT_ATTR_RDONLY, 0), "rrw": (0, libc.MOUNT_ATTR_RDONLY),
+    "rnosuid": (libc.MOUNT_ATTR_NOSUID, 0), "rsuid": (0, libc.MOUNT_ATTR_NOSUID),
+    "rnodev": (libc.MOUNT_ATTR_NODEV, 0), "rdev": (0, libc.MOUNT_ATTR_NODEV),
+    "rnoexec": (libc.MOUNT_ATTR_NOEXEC, 0), "rexec": (0, libc.MOUNT_ATTR_NOEXEC),
+    "rnodiratime": (libc.MOUNT_ATTR_NODIRATIME, 0), "rdiratime": (0, libc.MOUNT_ATTR_NODIRATIME),
+    "rnosymfollow": (libc.MOUNT_ATTR_NOSYMFOLLOW, 0), "rsymfollow": (0, libc.MOUNT_ATTR_NOSYMFOLLOW),
+    "rrelatime": (libc.MOUNT_ATTR_RELATIME, libc.MOUNT_ATTR__ATIME),
+    "rnoatime": (libc.MOUNT_ATTR_NOATIME, libc.MOUNT_ATTR__ATIME),
+    "rstrictatime": (libc.MOUNT_ATTR_STRICTATIME, libc.MOUNT_ATTR__ATIME),
+    # Clearing an access-time value leaves the kernel's default, relatime (as runc reads them).
+    "ratime": (libc.MOUNT_ATTR_RELATIME, libc.MOUNT_ATTR__ATIME),
+    "rnorelatime": (libc.MOUNT_ATTR_RELATIME, libc.MOUNT_ATTR__ATIME),
+    "rnostrictatime": (libc.MOUNT_ATTR_RELATIME, libc.MOUNT_ATTR__ATIME),
+}
 # Flags a read-only or nosuid... bind mount needs a second, remounting call for.
 _REMOUNT_FLAGS = (libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
                   | libc.MS_NOATIME | libc.MS_NODIRATIME | libc.MS_RELATIME | libc.MS_STRICTATIME)
@@ -61,7 +80,8 @@ class MountError(OSError):
 
 
 def parse_options(options) -> tuple[int, int, str]:
-    """(mount flags, propagation flags, data string) of an OCI mount's options."""
+    """(mount flags, propagation flags, data string) of an OCI mount's options; the recursive
+    ones (recursive_attrs()) are neither flags nor data."""
     flags = propagation = 0
     data = []
     for opt in options or ():
@@ -70,9 +90,26 @@ def parse_options(options) -> tuple[int, int, str]:
             flags = (flags | set_) & ~clear
         elif opt in _PROPAGATION:
             propagation |= _PROPAGATION[opt]
-        else:
+        elif opt not in _RECURSIVE:
             data.append(opt)
     return flags, propagation, ",".join(data)
+
+
+def recursive_attrs(options) -> tuple[int, int]:
+    """(attributes to set, attributes to clear) of an OCI mount's recursive options ("rro"...),
+    for mount_setattr(2) with AT_RECURSIVE; a later word wins over an earlier one."""
+    attr_set = attr_clr = 0
+    for opt in options or ():
+        if opt not in _RECURSIVE:
+            continue
+        set_, clear = _RECURSIVE[opt]
+        if clear == libc.MOUNT_ATTR__ATIME:  # an access-time value: the whole field stays cleared
+            attr_set = (attr_set & ~libc.MOUNT_ATTR__ATIME) | set_
+            attr_clr |= libc.MOUNT_ATTR__ATIME
+        else:
+            attr_set = (attr_set & ~clear) | set_
+            attr_clr = (attr_clr & ~set_) | clear
+    return attr_set, attr_clr
 
 
 def secure_join(root: str, path: str) -> str:
@@ -201,6 +238,7 @@ def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
     its symlinks, can not lead out of."""
     destination = m["destination"]
     flags, propagation, data = parse_options(m.get("options"))
+    attr_set, attr_clr = recursive_attrs(m.get("options"))
     kind = m.get("type") or ("bind" if flags & libc.MS_BIND else "")
     source = m.get("source") or kind
     root = _root_fd(rootfs)
@@ -218,6 +256,8 @@ def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
                                        libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
                         if propagation:
                             libc.mount(None, top.path, None, propagation)
+                        if attr_set or attr_clr:
+                            _set_recursive(top, attr_set, attr_clr)
             finally:
                 os.close(src)
         else:
@@ -230,9 +270,12 @@ def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
                     _mount_sysfs(place, flags, data)
                 else:
                     libc.mount(source, place.path, kind, flags & ~libc.MS_REMOUNT, data or None)
-                if propagation:
+                if propagation or attr_set or attr_clr:
                     with place.reopen() as top:
-                        libc.mount(None, top.path, None, propagation)
+                        if propagation:
+                            libc.mount(None, top.path, None, propagation)
+                        if attr_set or attr_clr:
+                            _set_recursive(top, attr_set, attr_clr)
     except MountError:
         raise
     except OSError as e:
@@ -241,6 +284,16 @@ def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
                                   f"{_why(e)}") from None
     finally:
         os.close(root)
+
+
+def _set_recursive(top: _Place, attr_set: int, attr_clr: int) -> None:
+    """Set the attributes on the mount `top` holds and on every mount beneath it: those bound
+    along by rbind too, which a remount would leave as the host has them. The descriptor is the
+    mount's own root, so nothing is looked up by name (AT_EMPTY_PATH)."""
+    if not libc.has_mount_setattr():
+        raise MountError(errno.ENOSYS, "recursive mount options (rro...) need mount_setattr(2), which this "
+                                       "kernel lacks (Linux 5.12 or later has it)")
+    libc.mount_setattr(top.fd, "", libc.AT_EMPTY_PATH | libc.AT_RECURSIVE, attr_set, attr_clr)
 
 
 def _open_source(source: str) -> int:

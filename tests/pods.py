@@ -10,6 +10,7 @@ import time
 import grpc
 
 from api.runtime.v1 import api_pb2 as pb
+from cri import oci_spec
 from tests.daemon import Cricketd, need_root
 
 # A CRI log line: RFC 3339 nanosecond timestamp, stream, P or F, content.
@@ -51,9 +52,16 @@ class Pods:
 
     def container_config(self, image: str, command=(), *, name: str | None = None, args=(), attempt: int = 0,
                          pid=pb.CONTAINER, ipc=pb.POD, env=None, labels=None, mounts=(), tty=False,
-                         stdin=False, working_dir: str = "", security=None) -> pb.ContainerConfig:
+                         stdin=False, working_dir: str = "", security=None,
+                         proc_mount: str = "Default") -> pb.ContainerConfig:
+        """A container as kubelet asks for one. kubelet always sends the masked and read-only
+        /proc paths: its default lists for procMount Default (unless privileged or the context
+        has its own), none for Unmasked."""
         name = name or "ctr-" + secrets.token_hex(3)
         ctx = security or pb.LinuxContainerSecurityContext()
+        if proc_mount == "Default" and not ctx.privileged and not ctx.masked_paths and not ctx.readonly_paths:
+            ctx.masked_paths.extend(oci_spec.MASKED_PATHS)
+            ctx.readonly_paths.extend(oci_spec.READONLY_PATHS)
         ctx.namespace_options.pid = pid
         ctx.namespace_options.ipc = ipc
         return pb.ContainerConfig(

@@ -194,6 +194,7 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
         for m in all_mounts:
             if m["type"] in ("sysfs", "cgroup"):
                 m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+    masked, readonly = security.proc_paths(ctx)  # kubelet's procMount, as the two lists it sends
     spec: dict[str, Any] = {
         "ociVersion": oci_spec.OCI_VERSION,
         "process": process,
@@ -210,8 +211,8 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
             "namespaces": _namespaces(rt, sandbox, ctx),
             "cgroupsPath": f"{srec.cgroup_parent.rstrip('/')}/{rec.id}",
             "resources": {**checked["resources"], "devices": oci_spec.device_rules(ctx.privileged)},
-            "maskedPaths": [] if ctx.privileged else list(ctx.masked_paths) or list(oci_spec.MASKED_PATHS),
-            "readonlyPaths": [] if ctx.privileged else list(ctx.readonly_paths) or list(oci_spec.READONLY_PATHS),
+            "maskedPaths": masked,
+            "readonlyPaths": readonly,
         },
     }
     if ctx.privileged:
