@@ -47,7 +47,7 @@ def died(d: Cricketd, timeout: float = 10) -> bool:
 
 
 def children(pid: int) -> list[int]:
-    out = []
+    out: list[int] = []
     with contextlib.suppress(FileNotFoundError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{tid}/children") as f:
