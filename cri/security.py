@@ -126,8 +126,15 @@ def _apparmor_enabled() -> bool:
         return False
 
 
+def _host_has(lsm_enabled: bool, name: str) -> str:
+    return f"this host has {name}, but" if lsm_enabled else f"{name} is not enabled on this host, and"
+
+
 def check_lsm(ctx: pb.LinuxContainerSecurityContext) -> None:
-    """AppArmor and SELinux: unconfined is always fine; anything else needs the host to have them."""
+    """AppArmor and SELinux: unconfined (or nothing) is the only answer Cricket can keep. It
+    loads no AppArmor profile and sets no SELinux label, on any host: a profile or a label asked
+    for is refused rather than silently not applied (a container the caller believes confined
+    would run unconfined)."""
     profile = ctx.apparmor
     wants = ""
     if ctx.HasField("apparmor") and profile.profile_type != pb.SecurityProfile.Unconfined:
@@ -135,14 +142,15 @@ def check_lsm(ctx: pb.LinuxContainerSecurityContext) -> None:
             else f"localhost/{profile.localhost_ref}"
     elif ctx.apparmor_profile and ctx.apparmor_profile != "unconfined":
         wants = ctx.apparmor_profile
-    if wants and not _apparmor_enabled():
-        raise InvalidArgument(f"security_context.apparmor: profile {wants!r} asked for, but AppArmor is not "
-                              "enabled on this host (only unconfined is possible)")
+    if wants:
+        raise InvalidArgument(f"security_context.apparmor: profile {wants!r} asked for; "
+                              f"{_host_has(_apparmor_enabled(), 'AppArmor')} Cricket applies no AppArmor "
+                              "profile: only unconfined is possible")
     sel = ctx.selinux_options
-    if (sel.user or sel.role or sel.level or (sel.type and "unconfined" not in sel.type)) \
-            and not os.path.isdir("/sys/fs/selinux"):
-        raise InvalidArgument("security_context.selinux_options: SELinux labels asked for, but SELinux is not "
-                              "enabled on this host")
+    if sel.user or sel.role or sel.level or (sel.type and "unconfined" not in sel.type):
+        raise InvalidArgument(f"security_context.selinux_options: SELinux labels asked for; "
+                              f"{_host_has(os.path.isdir('/sys/fs/selinux'), 'SELinux')} Cricket sets no "
+                              "SELinux label")
 
 
 def seccomp(ctx: pb.LinuxContainerSecurityContext, capabilities: list[str]) -> dict | None:
