@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 
 import grpc
 
@@ -17,6 +18,7 @@ from image.limits import LimitExceeded
 from image.manifest import ManifestError
 from image.reference import ReferenceError
 from image.registry import DigestMismatchError, RegistryError
+from image.space import OutOfSpace, is_out_of_space
 from image.store import ImageNotFound
 from image.unpack import LayerError
 
@@ -51,7 +53,13 @@ _REGISTRY_CODES = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.UNAVAILABLE,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # A registry's server errors, after the retries: it is failing now, and a later pull may work.
+    500: grpc.StatusCode.UNAVAILABLE,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -71,6 +79,10 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
         return grpc.StatusCode.UNKNOWN
     if isinstance(exc, LimitExceeded):  # before RegistryError: a manifest over its bound is both
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, OutOfSpace) or (isinstance(exc, (OSError, sqlite3.OperationalError))
+                                       and is_out_of_space(exc)):
+        # A full disk is the node's state, not a bug: the caller may free space and retry.
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, DigestMismatchError):
         return grpc.StatusCode.DATA_LOSS
     if isinstance(exc, RegistryError):
@@ -82,6 +94,17 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
     if isinstance(exc, ManifestError):
         return grpc.StatusCode.FAILED_PRECONDITION
     return None
+
+
+def message_for(exc: BaseException, verb: str) -> str:
+    """The words of an expected error, for its status. A bare full-disk error from below (which
+    has no words of its own beyond errno's) gets the verb and, where it has one, the path."""
+    if isinstance(exc, (OSError, sqlite3.OperationalError)) and not isinstance(exc, OutOfSpace) \
+            and is_out_of_space(exc):
+        where = f" at {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"{verb}: {what}{where}; free space on that filesystem (the root or state directory's) and try again"
+    return str(exc)
 
 
 def handle_errors(method):
@@ -100,7 +123,7 @@ def handle_errors(method):
                 code = grpc.StatusCode.INTERNAL
                 message = f"{method.__name__}: internal error: {exc!r}"
             else:
-                message = str(exc)
+                message = message_for(exc, method.__name__)
             await context.abort(code, message)
 
     return wrapper

@@ -11,6 +11,7 @@ import os
 import re
 import time
 
+from image.space import room_for
 from linux.crash_points import crash_point
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -68,9 +69,14 @@ class ContentStore:
         if os.path.exists(dst):
             return dst
         tmp = self.ingest_path(digest)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        return self.commit(digest)
+        try:
+            with room_for(f"writing blob {digest}", tmp):
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                return self.commit(digest)
+        except BaseException:
+            self.discard_ingest(digest)
+            raise
 
     def read(self, digest: str) -> bytes:
         try:
@@ -85,6 +91,13 @@ class ContentStore:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
+
+    def discard_ingest(self, digest: str) -> None:
+        """Delete a download of `digest` that is not going to be finished."""
+        try:
+            os.unlink(self.ingest_path(digest))
+        except FileNotFoundError:
+            pass
 
     def digests(self) -> list[str]:
         return ["sha256:" + name for name in os.listdir(self._blobs)]

@@ -15,6 +15,8 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 
+from image.space import OutOfSpace, is_out_of_space
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,              -- the config digest
@@ -172,7 +174,7 @@ class Metadata:
         self._db.close()
 
     def _tx(self):
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
     # images --------------------------------------------------------------
 
@@ -269,12 +271,40 @@ class Metadata:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection):
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an error. A full disk (SQLITE_FULL, in a
+    statement or at the COMMIT) rolls back and raises OutOfSpace naming the database."""
+
+    def __init__(self, db: sqlite3.Connection, path: str = ""):
         self._db = db
+        self._path = path
 
     def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise self._translated(e) from e
         return self._db
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as e:
+                # A COMMIT that fails with SQLITE_FULL leaves the transaction open: every later
+                # BEGIN on this connection would fail ("within a transaction") until it ends.
+                self._rollback()
+                raise self._translated(e) from e
+        self._rollback()
+        if isinstance(exc, sqlite3.OperationalError) and is_out_of_space(exc):
+            raise self._translated(exc) from exc
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _translated(self, e: sqlite3.OperationalError) -> Exception:
+        if is_out_of_space(e):
+            return OutOfSpace(f"no space left on device recording to {self._path}; free space on its "
+                              "filesystem and try again", self._path)
+        return e

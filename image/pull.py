@@ -12,7 +12,6 @@ import contextvars
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
@@ -32,6 +31,7 @@ from image.metadata import ImageRecord
 from image.reference import Reference
 from image.registry import Credentials, Resolved
 from image.snapshots import chain_ids
+from image.space import OutOfSpace, room_for
 from image.store import ImageStore
 from image.unpack import LayerError, unpack_layer
 from linux import libc
@@ -76,10 +76,10 @@ class Puller:
         self._client = client
         self.limits = limits or ImageLimits()
         self._downloads = asyncio.Semaphore(max_concurrent_downloads)
-        self._shared: dict[str, _Shared] = {}
-        # Digests and chain IDs that running pulls hold but no image records yet;
-        # garbage collection must leave them alone. Counted: pulls may overlap.
-        self._leases: Counter[str] = Counter()
+        self._shared: dict[str, _Shared] = store.work
+        # Digests and chain IDs that running pulls hold but no image records yet (the store's,
+        # shared with every Puller over it); garbage collection must leave them alone.
+        self._leases = store.leases
         self.blob_bytes = 0  # bytes of blobs downloaded and committed, for the metrics
 
     @property
@@ -99,12 +99,26 @@ class Puller:
             record = await self._pull(ref, creds, lease)
             done = True
             return record
+        except OutOfSpace as e:
+            raise e.within(f"pull {ref}: ") from e
         finally:
             self._release(held)
             if not done:
-                # A failed pull commits nothing: blobs and snapshots it made that
-                # no image uses go now, not at the next removal.
-                self._store.collect_garbage(self.in_flight)
+                self._clean_up_after(ref, held)
+
+    def _clean_up_after(self, ref: Reference, held: list[str]) -> None:
+        """What a failed pull made goes now, not at the next removal: blobs and snapshots no
+        image uses, and its partial downloads (a retry within the pull has resumed them already;
+        kept, they would hold disk, a full one too, until someone pulls the image again)."""
+        in_flight = self.in_flight
+        try:
+            for key in held:
+                if key not in in_flight:  # another pull may be downloading it still
+                    self._store.content.discard_ingest(key)
+            self._store.collect_garbage(in_flight)
+        except Exception:
+            # The pull's own error is the one to report; what is left is collected later.
+            log.exception("cleaning up after the failed pull of %s", ref)
 
     def _release(self, held: list[str]) -> None:
         for key in held:
@@ -237,8 +251,14 @@ class Puller:
                 with _tracer.start_as_current_span("image.blob", attributes={"image.digest": digest,
                                                                               "image.size": size}):
                     path = self._store.content.ingest_path(digest)
-                    await self._client.fetch_blob(resolved, digest, size, path, creds, progress)
-                    self._store.content.commit(digest)
+                    try:
+                        with room_for(f"writing blob {digest}", path):
+                            await self._client.fetch_blob(resolved, digest, size, path, creds, progress)
+                            self._store.content.commit(digest)
+                    except OutOfSpace:
+                        # What did fit is of no use now, and holds the room another write needs.
+                        self._store.content.discard_ingest(digest)
+                        raise
                 self.blob_bytes += size
 
         await self._once(digest, download)
@@ -264,15 +284,19 @@ class Puller:
             unpacking = _in_thread(unpack_layer, path, layer.media_type, new_dir, self.limits)
             if armed("image_pull.mid_unpack"):
                 unpacking = _crash_mid_unpack(unpacking, new_dir)
-            result = await unpacking
+            try:
+                result = await unpacking
+            except OutOfSpace as e:  # it names the entry and the directory
+                raise e.within(f"layer {layer.digest}: ") from e
             if result.diff_id != diff_id:
                 raise LayerError(
                     f"layer {layer.digest}: uncompressed content hashes to {result.diff_id}, "
                     f"but the image config says {diff_id}"
                 )
             # On disk before its row is committed: a power loss must not leave a committed
-            # snapshot with missing file data.
-            await _in_thread(libc.syncfs, new_dir)
+            # snapshot with missing file data. (A filesystem that allocates late says ENOSPC here.)
+            with room_for(f"unpacking layer {layer.digest}", new_dir):
+                await _in_thread(libc.syncfs, new_dir)
             snapshots.commit(new_dir, chain_id, parent, diff_id, result.size, result.inodes)
         except BaseException:
             snapshots.discard(new_dir)

@@ -9,6 +9,7 @@ functions at the top of this module; authentication lives in image/auth.py.
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
 import hashlib
 import json
@@ -65,6 +66,9 @@ _ERROR_BODY_LIMIT = 64 << 10
 # pull and letting the kubelet's back-off retry it.
 RETRY_AFTER_LIMIT = 30.0
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Every registry request has this long to connect, and then to send each next byte: a registry
+# that stalls mid-answer is given up on after it, like one that never answers (and retried).
+_TIMEOUT_SETTING = "[image] pull_timeout_seconds"
 _SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 
 
@@ -80,6 +84,13 @@ class RegistryError(Exception):
         self.status = status
         self.reference = reference
         self.detail = detail or message
+
+    def noted(self, note: str) -> RegistryError:
+        """The same error with `note` added to its message and detail."""
+        out = copy.copy(self)
+        out.args = (f"{self}{note}",)
+        out.detail = self.detail + note
+        return out
 
 
 class DigestMismatchError(RegistryError):
@@ -446,11 +457,15 @@ class RegistryClient:
         raise AssertionError("no endpoints")  # _endpoints always ends with the upstream
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], tries: int) -> T:
+        """Run attempt() up to `tries` times while it fails transiently, backing off between tries
+        (0.2s doubling to at most 5s, or what the registry's Retry-After asks)."""
         for n in range(tries):
             try:
                 return await attempt()
             except _TransientError as e:
                 if n + 1 >= tries:
+                    if tries > 1:
+                        raise e.noted(f" (gave up after {tries} tries; [image] pull_retries)") from None
                     raise
                 delay = e.retry_after if e.retry_after is not None else min(0.2 * 2**n, 5.0)
                 if delay > RETRY_AFTER_LIMIT:
@@ -507,8 +522,11 @@ class RegistryClient:
             try:
                 request = client.build_request(method, url, headers=h, content=content() if content else None)
                 resp = await client.send(request, stream=True)
+            except httpx.ReadTimeout:
+                raise job.error(f"{what}{ep.url} sent no answer for {self._timeout:g}s "
+                                f"({_TIMEOUT_SETTING})", cls=_TransientError) from None
             except httpx.TransportError as e:
-                raise _unreachable(job, ep, e, what) from None
+                raise _unreachable(job, ep, e, what, self._timeout) from None
             if resp.status_code != 401 or auth_round == 1:
                 break
             body = await _read_error_body(resp)
@@ -576,17 +594,21 @@ class RegistryClient:
     ) -> tuple[bytes, str | None, str | None]:
         url = manifest_url(ep.url, job.ref.path, ident)
         resp = await self._send(job, ep, url, {"Accept": _ACCEPT_MANIFESTS}, what)
+        data = bytearray()
         try:
+            # Refused by its declared length before a byte of it is read, or else at the bound.
             declared = resp.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MANIFEST_LIMIT:
                 raise job.error(f"{what}manifest from {ep.url} is {declared} bytes, over the {MANIFEST_LIMIT} "
                                 "byte limit of a manifest", cls=ResponseTooLarge)
-            data = bytearray()
             async for chunk in resp.aiter_bytes():
                 data += chunk
                 if len(data) > MANIFEST_LIMIT:
                     raise job.error(f"{what}manifest from {ep.url} is over the {MANIFEST_LIMIT} byte limit "
                                     "of a manifest", cls=ResponseTooLarge)
+        except httpx.ReadTimeout:
+            raise job.error(f"{what}manifest from {ep.url} stalled: no data for {self._timeout:g}s after "
+                            f"{len(data)} bytes ({_TIMEOUT_SETTING})", cls=_TransientError) from None
         except httpx.TransportError as e:
             raise job.error(f"{what}reading from {ep.url}: {_cause(e)}", cls=_TransientError) from None
         finally:
@@ -634,6 +656,12 @@ class RegistryClient:
                 if sink.offset > size:
                     break  # more than the manifest promised; verification fails it
             await sink.flush()
+        except httpx.ReadTimeout:
+            raise job.error(
+                f"{what}transfer from {ep.url} stalled: no data for {self._timeout:g}s at byte {sink.offset} of "
+                f"{size} ({_TIMEOUT_SETTING})",
+                cls=_TransientError,
+            ) from None
         except httpx.TransportError as e:
             raise job.error(
                 f"{what}transfer from {ep.url} broke off at byte {sink.offset} of {size}: {_cause(e)}",
@@ -739,7 +767,10 @@ def _http_error(job: _Job, resp: httpx.Response, body: bytes, what: str) -> Regi
     return job.error(detail, status)
 
 
-def _unreachable(job: _Job, ep: _Endpoint, e: httpx.TransportError, what: str) -> RegistryError:
+def _unreachable(job: _Job, ep: _Endpoint, e: httpx.TransportError, what: str, timeout: float) -> RegistryError:
+    if isinstance(e, httpx.ConnectTimeout):
+        return job.error(f"{what}cannot reach {ep.url}: no connection within {timeout:g}s ({_TIMEOUT_SETTING})",
+                         cls=_TransientError)
     cause = _cause(e)
     hint = ""
     if "CERTIFICATE_VERIFY_FAILED" in cause:
@@ -749,7 +780,17 @@ def _unreachable(job: _Job, ep: _Endpoint, e: httpx.TransportError, what: str) -
     return job.error(f"{what}cannot reach {ep.url}: {cause}{hint}", cls=_TransientError)
 
 
+_TIMEOUT_WORDS = {
+    httpx.ConnectTimeout: "no connection", httpx.ReadTimeout: "no data", httpx.WriteTimeout: "could not send",
+    httpx.PoolTimeout: "no free connection",
+}
+
+
 def _cause(e: BaseException) -> str:
+    for cls, words in _TIMEOUT_WORDS.items():
+        if isinstance(e, cls):
+            # Its own words are anyio's ("Cancelled via cancel scope ...; reason: deadline exceeded").
+            return f"{words} within the timeout ({_TIMEOUT_SETTING})"
     text = str(e) or type(e).__name__
     # httpx wraps the OS error, and its own words are often only "All connection
     # attempts failed"; the innermost error says refused, unreachable or timed out.

@@ -44,11 +44,22 @@ class Snapshotter:
         return tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=self.root)
 
     def commit(self, new_dir: str, chain_id: str, parent: str, diff_id: str, size: int, inodes: int) -> SnapshotRecord:
+        placed: list[str] = []
+
         def place(sid: int) -> None:
-            os.rename(new_dir, os.path.join(self.root, str(sid)))
+            dst = os.path.join(self.root, str(sid))
+            os.rename(new_dir, dst)
+            placed.append(dst)
             crash_point("image_pull.snapshot_placed")  # in place, its row not committed
 
-        self._md.add_snapshot(chain_id, parent, diff_id, size, inodes, place)
+        try:
+            self._md.add_snapshot(chain_id, parent, diff_id, size, inodes, place)
+        except BaseException:
+            # Placed, but its row rolled back (the COMMIT failed: a full disk): the directory
+            # goes now, not at the next start's sweep, and takes its room with it.
+            for dst in placed:
+                shutil.rmtree(dst, ignore_errors=True)
+            raise
         return cast(SnapshotRecord, self._md.snapshot(chain_id))  # just added
 
     def discard(self, new_dir: str) -> None:

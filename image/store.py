@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Set
+from typing import Any
 
 from image.content import ContentStore
 from image.metadata import ImageRecord, Metadata
@@ -36,6 +38,13 @@ class ImageStore:
         self.content = ContentStore(os.path.join(root, "content"))
         self.snapshots = Snapshotter(os.path.join(root, "snapshots"), self.metadata)
         self.snapshot_root = self.snapshots.root
+        # Here, not in a Puller: a load's Puller and the daemon's share the store, its ingest
+        # files and its snapshots. `leases`: digests and chain IDs that running pulls and loads
+        # hold but no image records yet, counted (they may overlap), which garbage collection
+        # and a failed pull's clean-up leave alone. `work`: the download of a digest or the
+        # unpack of a chain ID under way, which a second pull of it waits for (image/pull.py).
+        self.leases: Counter[str] = Counter()
+        self.work: dict[str, Any] = {}
 
     def close(self) -> None:
         self.metadata.close()

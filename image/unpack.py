@@ -35,6 +35,7 @@ from urllib.parse import unquote
 
 from .compression import LayerError, open_decompressed
 from .limits import HEADER_LIMIT, ImageLimits, LimitExceeded
+from .space import NO_SPACE, out_of_space
 
 __all__ = ["ImageLimits", "LayerError", "LimitExceeded", "UnpackResult", "UnsafeLayerError", "unpack_layer"]
 
@@ -80,8 +81,9 @@ def unpack_layer(path: str, media_type: str | None, dest: str, limits: ImageLimi
     layer's parents. Raises :class:`UnsafeLayerError` for an entry that would
     escape ``dest``, :class:`LayerError` for a corrupt or malformed layer,
     :class:`LimitExceeded` for a layer over one of ``limits`` (checked before the
-    entry that crosses it is written), and OSError (with a note naming the entry)
-    when the destination filesystem fails. On any error ``dest`` holds partial
+    entry that crosses it is written), OutOfSpace (an OSError) naming the entry and ``dest``
+    when the destination is full, and OSError (with a note naming the entry) when the
+    destination filesystem fails otherwise. On any error ``dest`` holds partial
     output for the caller to delete. Nothing is fsynced: the caller syncs the
     whole snapshot once (linux.libc.syncfs).
     """
@@ -108,6 +110,8 @@ def unpack_layer(path: str, media_type: str | None, dest: str, limits: ImageLimi
             if e.errno in _LAYERS_FAULT:
                 raise LayerError(f"entry {entry.name if entry else '?'!r} of layer {path} can not be made: "
                                  f"{e.strerror}") from None
+            if e.errno in NO_SPACE:  # an OSError still, with its errno: the destination's fault
+                raise out_of_space(e, f"unpacking {entry.name if entry else 'directory times'!r}", dest) from e
             e.add_note(f"while unpacking {entry.name if entry else 'directory times'!r} of layer {path} into {dest}")
             raise
         # The diff ID covers the whole stream, including anything after the
