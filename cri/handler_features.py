@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import subprocess
 from dataclasses import dataclass
 
-from linux import libc
+from linux import libc, namespaces
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,23 @@ class HandlerFeatures:
     user_namespaces: bool = False
 
 
-def builtin() -> HandlerFeatures:
-    """The built-in executor's features (linux/mounts.py sets recursive options itself)."""
-    return HandlerFeatures(recursive_read_only_mounts=libc.has_mount_setattr())
+@functools.cache
+def builtin(paths: tuple[str, ...] = ()) -> HandlerFeatures:
+    """The built-in executor's features (linux/mounts.py sets recursive options itself). User
+    namespaces need idmapped mounts of the filesystems at `paths` (the root and state dirs: image
+    layers, containers' dirs, pods' files). Blocking: it tries one."""
+    problem = userns_problem(paths)
+    if problem is not None:
+        log.warning("no user namespaces for pods (hostUsers: false) with the built-in executor: %s", problem)
+    return HandlerFeatures(recursive_read_only_mounts=libc.has_mount_setattr(), user_namespaces=problem is None)
+
+
+def userns_problem(paths: tuple[str, ...]) -> str | None:
+    if not libc.has_mount_setattr():
+        return "this kernel lacks mount_setattr(2) (Linux 5.12 or later has it), which idmapped mounts need"
+    if not os.path.exists("/proc/self/ns/user"):
+        return "this kernel has no user namespaces"
+    return namespaces.idmap_problem(paths)
 
 
 @functools.cache

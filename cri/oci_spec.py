@@ -292,6 +292,25 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
     return defaults + binds
 
 
+def id_mappings(mapping: tuple[int, int, int]) -> list[dict]:
+    """One CRI IDMapping (container_id, host_id, length) as the OCI spec's uidMappings/gidMappings."""
+    inside, outside, length = mapping
+    return [{"containerID": inside, "hostID": outside, "size": length}]
+
+
+def idmap_binds(mounts: list[dict], uids: list[dict], gids: list[dict]) -> None:
+    """Make every bind mount of a container in a user namespace of its pod's an idmapped one
+    (the OCI spec's "idmap"/"ridmap" options with the mount's own mappings, the container's): its
+    files' owners show through the container's mappings, so nothing is chowned and what the
+    container's root writes lands as the host's root, as without a user namespace."""
+    for m in mounts:
+        options = m.get("options") or []
+        if m.get("type") != "bind" or "idmap" in options or "ridmap" in options:
+            continue
+        m["options"] = [*options, "ridmap" if "rbind" in options else "idmap"]
+        m["uidMappings"], m["gidMappings"] = uids, gids
+
+
 def writable_dirs(specs: Iterable[dict]) -> set[str]:
     """The host paths containers can write through: every read-write bind source of these specs."""
     out = set()

@@ -188,7 +188,7 @@ def _sweep(rt: Runtime) -> None:
             log.info("removed leftover container data %s", name)
     for name in os.listdir(layout.sandboxes):
         if name not in rt.sandboxes:
-            for kind in ("net", "ipc", "uts"):
+            for kind in ("net", "ipc", "uts", "user"):
                 namespaces.unpin(layout.sandbox_pin(name, kind))
             shm = layout.sandbox_shm(name)
             if os.path.ismount(shm):

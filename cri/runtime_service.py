@@ -70,7 +70,7 @@ class RuntimeService(
         return await asyncio.shield(self._features)
 
     def _work_out_features(self) -> dict[str, HandlerFeatures]:
-        builtin = handler_features.builtin()
+        builtin = handler_features.builtin((self.rt.config.root_dir, self.rt.config.state_dir))
         out = {"": builtin, BUILTIN_HANDLER: builtin}
         for name, h in self.rt.handlers.items():
             out[name] = handler_features.oci_runtime(h.path)

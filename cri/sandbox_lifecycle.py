@@ -51,7 +51,7 @@ async def ensure_pod_init(rt: Runtime, sandbox: Sandbox) -> int:
     rt.pod_inits_spawning += 1
     heard = False
     try:
-        pid = await rt.zygote.spawn_pod_init(rec.id)
+        pid = await rt.zygote.spawn_pod_init(rec.id, pod_userns(rt, rec))
         heard = True
         try:
             crash_point("sandbox_run.pod_init_spawned")  # running, outside the pod's cgroup, unrecorded
@@ -123,13 +123,21 @@ def kill_pod_processes(rt: Runtime, rec: SandboxRecord, spare_created: bool = Fa
                 log.warning("killing the processes of cgroup %s of pod %s: %s", path, rec.id, e)
 
 
+def pod_userns(rt: Runtime, rec: SandboxRecord) -> str:
+    """The pinned user namespace of a pod of kubelet's hostUsers: false; "" for the host's."""
+    ns = pb.PodSandboxConfig.FromString(rec.config).linux.security_context.namespace_options
+    if not ns.HasField("userns_options") or ns.userns_options.mode != pb.POD:
+        return ""
+    return rt.layout.sandbox_pin(rec.id, "user")
+
+
 def release_sandbox(rt: Runtime, rec: SandboxRecord, spare_created: bool = False) -> None:
     """Let go of a pod's namespaces, /dev/shm and init, and end what runs in its cgroups;
     idempotent, and safe on a half-made pod."""
     if alive(rec.pod_init_pid, rec.pod_init_start):
         _kill(rec.pod_init_pid)
     kill_pod_processes(rt, rec, spare_created)
-    for kind in ("net", "ipc", "uts"):
+    for kind in ("net", "ipc", "uts", "user"):
         namespaces.unpin(rt.layout.sandbox_pin(rec.id, kind))
     shm = rt.layout.sandbox_shm(rec.id)
     if os.path.isdir(shm):

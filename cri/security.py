@@ -81,6 +81,75 @@ def check_privileged(ctx: pb.LinuxContainerSecurityContext, sandbox: pb.PodSandb
         raise InvalidArgument("security_context.privileged: a privileged container needs a privileged pod sandbox")
 
 
+_MAX_ID = 2**32 - 1  # (uid_t)-1 is no id
+
+
+def user_namespace(ns: pb.NamespaceOption, what: str) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The pod's user namespace as kubelet asks for it (`hostUsers: false`): its uid and gid
+    mapping, each (container_id, host_id, length); None for the host's (mode NODE, or nothing
+    said). Refused with InvalidArgument as containerd and CRI-O refuse it: a mode other than POD
+    or NODE, mappings with NODE, other than exactly one uid and one gid mapping, a mapping that
+    leaves container ID 0 unmapped, or one that overflows."""
+    if not ns.HasField("userns_options"):
+        return None
+    u = ns.userns_options
+    mode = pb.NamespaceMode.Name(u.mode)
+    if u.mode == pb.NODE:
+        if u.uids or u.gids:
+            raise InvalidArgument(f"{what}.userns_options: mode NODE (the host's user namespace) takes no uid "
+                                  "or gid mappings")
+        return None
+    if u.mode != pb.POD:
+        raise InvalidArgument(f"{what}.userns_options: mode {mode} is not supported: a user namespace is the "
+                              "pod's (POD) or the host's (NODE)")
+    out = []
+    for kind, mappings in (("uid", u.uids), ("gid", u.gids)):
+        if len(mappings) != 1:
+            raise InvalidArgument(f"{what}.userns_options: mode POD takes exactly one {kind} mapping, "
+                                  f"got {len(mappings)}")
+        m = mappings[0]
+        if m.container_id != 0:
+            raise InvalidArgument(f"{what}.userns_options: container ID 0 must be mapped, but the {kind} "
+                                  f"mapping starts at container ID {m.container_id}")
+        if m.length == 0 or m.host_id + m.length > _MAX_ID or m.container_id + m.length > _MAX_ID:
+            raise InvalidArgument(f"{what}.userns_options: the {kind} mapping {m.container_id} -> {m.host_id} "
+                                  f"of length {m.length} is empty or goes beyond the last id")
+        out.append((m.container_id, m.host_id, m.length))
+    return out[0], out[1]
+
+
+def check_pod_user_namespace(config: pb.PodSandboxConfig) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The pod's user namespace (see user_namespace), refused where it can not hold: a pod of its
+    own user namespace has its own network, IPC and PID namespaces (as kubelet insists) and is not
+    privileged."""
+    ctx = config.linux.security_context
+    ns = ctx.namespace_options
+    mappings = user_namespace(ns, "namespace_options")
+    if mappings is None:
+        return None
+    shared = [kind for kind, mode in (("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid)) if mode == pb.NODE]
+    if shared:
+        raise InvalidArgument(f"namespace_options.userns_options: a pod with a user namespace of its own can not "
+                              f"share the host's {', '.join(shared)} namespace")
+    if ctx.privileged:
+        raise InvalidArgument("namespace_options.userns_options: a privileged pod can not have a user namespace "
+                              "of its own")
+    return mappings
+
+
+def check_container_user_namespace(ctx: pb.LinuxContainerSecurityContext, sandbox: pb.PodSandboxConfig) -> None:
+    """A container's userns_options must say what its pod's say (as containerd requires): its user
+    namespace is the pod's."""
+    pod = sandbox.linux.security_context.namespace_options
+    ours = user_namespace(ctx.namespace_options, "security_context.namespace_options")
+    if ours != user_namespace(pod, "namespace_options"):
+        raise InvalidArgument("security_context.namespace_options.userns_options: a container's user namespace "
+                              "must be its pod's: give it the pod sandbox's userns_options")
+    if ours is not None and ctx.privileged:
+        raise InvalidArgument("security_context.privileged: a container in a user namespace of its own can not "
+                              "be privileged")
+
+
 def proc_paths(ctx: pb.LinuxContainerSecurityContext) -> tuple[list[str], list[str]]:
     """The spec's maskedPaths and readonlyPaths: the context's, exactly, as containerd and CRI-O
     take them. kubelet always sends both, and that is how it says procMount: its default lists

@@ -104,12 +104,15 @@ class ZygoteClient:
     async def spawn_shim(self, spawn: pb.SpawnShim) -> int:
         return (await self._call(pb.ZygoteRequest(spawn_shim=spawn))).pid
 
-    async def pin_namespaces(self, net: str, ipc: str, uts: str, hostname: str, sysctls: dict[str, str]) -> None:
-        pin = pb.PinNamespaces(net=net, ipc=ipc, uts=uts, hostname=hostname, sysctls=sysctls)
+    async def pin_namespaces(self, net: str, ipc: str, uts: str, hostname: str, sysctls: dict[str, str],
+                             user: str = "", uid_map: str = "", gid_map: str = "") -> None:
+        pin = pb.PinNamespaces(net=net, ipc=ipc, uts=uts, hostname=hostname, sysctls=sysctls, user=user,
+                               uid_map=uid_map, gid_map=gid_map)
         await self._call(pb.ZygoteRequest(pin_namespaces=pin))
 
-    async def spawn_pod_init(self, sandbox_id: str) -> int:
-        return (await self._call(pb.ZygoteRequest(spawn_pod_init=pb.SpawnPodInit(sandbox_id=sandbox_id)))).pid
+    async def spawn_pod_init(self, sandbox_id: str, user: str = "") -> int:
+        spawn = pb.SpawnPodInit(sandbox_id=sandbox_id, user=user)
+        return (await self._call(pb.ZygoteRequest(spawn_pod_init=spawn))).pid
 
 
 class ShimClient:

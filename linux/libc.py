@@ -68,8 +68,16 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOUNT_ATTR_IDMAP = 0x100000  # with userns_fd: the mount shows its files' owners through that namespace
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+
+# open_tree(2) and move_mount(2): a detached copy of a mount tree, idmapped before it is attached.
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 # prctl(2) options.
 PR_SET_PDEATHSIG = 1
@@ -88,6 +96,8 @@ _SYS_CAPGET = 125
 _SYS_CAPSET = 126
 _SYS_SECCOMP = 317
 _SYS_MOUNT_SETATTR = 442  # the same number on every architecture (added after the tables merged)
+_SYS_OPEN_TREE = 428  # likewise
+_SYS_MOVE_MOUNT = 429
 _SECCOMP_SET_MODE_FILTER = 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -117,13 +127,31 @@ class _MountAttr(ctypes.Structure):  # struct mount_attr, its first version (MOU
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, what: str = "") -> None:
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0, what: str = "",
+                  userns_fd: int = 0) -> None:
     """Change the attributes (MOUNT_ATTR_*) of the mount at `path` relative to `dirfd` (with
-    AT_EMPTY_PATH and "", of the mount `dirfd` holds); with AT_RECURSIVE, of its submounts too."""
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    AT_EMPTY_PATH and "", of the mount `dirfd` holds); with AT_RECURSIVE, of its submounts too.
+    MOUNT_ATTR_IDMAP takes the user namespace whose mappings the mount shows (`userns_fd`); only
+    a detached mount (open_tree's OPEN_TREE_CLONE) can be idmapped."""
+    attr = _MountAttr(attr_set, attr_clr, 0, userns_fd)
     _check(_libc.syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags),
                          ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
            f"mount_setattr {what or path}")
+
+
+def open_tree(dirfd: int, path: str, flags: int, what: str = "") -> int:
+    """A descriptor of the mount at `path` (relative to `dirfd`; "" with AT_EMPTY_PATH: `dirfd`
+    itself); with OPEN_TREE_CLONE a detached copy of it (with AT_RECURSIVE, of its submounts too)."""
+    return _check(_libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags)),
+                  f"open_tree {what or path}")
+
+
+def move_mount(from_fd: int, to_path: str, to_dirfd: int = AT_FDCWD, flags: int = MOVE_MOUNT_F_EMPTY_PATH,
+               what: str = "") -> None:
+    """Attach the (detached) mount `from_fd` holds at `to_path` (relative to `to_dirfd`)."""
+    _check(_libc.syscall(_SYS_MOVE_MOUNT, ctypes.c_int(from_fd), b"", ctypes.c_int(to_dirfd), _b(to_path),
+                         ctypes.c_uint(flags)),
+           f"move_mount onto {what or to_path}")
 
 
 _has_mount_setattr: bool | None = None

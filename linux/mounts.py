@@ -57,6 +57,9 @@ _RECURSIVE = {
     "rnorelatime": (libc.MOUNT_ATTR_RELATIME, libc.MOUNT_ATTR__ATIME),
     "rnostrictatime": (libc.MOUNT_ATTR_RELATIME, libc.MOUNT_ATTR__ATIME),
 }
+# The OCI spec's idmapped bind mounts (with the mount's uidMappings/gidMappings): "ridmap" idmaps
+# the submounts an rbind brings along too. Neither is a flag nor data.
+IDMAP_OPTIONS = ("idmap", "ridmap")
 # Flags a read-only or nosuid... bind mount needs a second, remounting call for.
 _REMOUNT_FLAGS = (libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
                   | libc.MS_NOATIME | libc.MS_NODIRATIME | libc.MS_RELATIME | libc.MS_STRICTATIME)
@@ -90,7 +93,7 @@ def parse_options(options) -> tuple[int, int, str]:
             flags = (flags | set_) & ~clear
         elif opt in _PROPAGATION:
             propagation |= _PROPAGATION[opt]
-        elif opt not in _RECURSIVE:
+        elif opt not in _RECURSIVE and opt not in IDMAP_OPTIONS:
             data.append(opt)
     return flags, propagation, ",".join(data)
 
@@ -233,9 +236,41 @@ def _place(root_fd: int, rootfs: str, path: str, create: str = "", follow: bool 
     return _Place(parent, name, fd, rootfs)
 
 
-def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
+def idmapped_tree(source: str, userns_fd: int, recursive: bool) -> int:
+    """A detached copy of the mount tree at `source` (its submounts too, `recursive`), idmapped
+    through the user namespace `userns_fd`: what it shows as owned by host id H is owned by the
+    namespace's id H on disk. Made where the host's filesystem and capabilities are at hand (only
+    a detached mount can be idmapped), attached later (move_mount) where it belongs."""
+    src = _open_source(source)
+    try:
+        flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_EMPTY_PATH
+        tree = libc.open_tree(src, "", flags | (libc.AT_RECURSIVE if recursive else 0), what=source)
+    finally:
+        os.close(src)
+    try:
+        libc.mount_setattr(tree, "", libc.AT_EMPTY_PATH | (libc.AT_RECURSIVE if recursive else 0),
+                           libc.MOUNT_ATTR_IDMAP, what=f"{source} (idmapped)", userns_fd=userns_fd)
+    except OSError as e:
+        os.close(tree)
+        why = (": its filesystem (or one mounted beneath it) can not be idmapped" if e.errno == errno.EINVAL
+               else f": {e.strerror}")
+        raise MountError(e.errno, f"idmapping {source}{why}") from None
+    return tree
+
+
+def attach_idmapped(source: str, target: str, userns_fd: int) -> None:
+    """Bind `source` idmapped (see idmapped_tree) onto the directory `target`."""
+    tree = idmapped_tree(source, userns_fd, recursive=False)
+    try:
+        libc.move_mount(tree, target)
+    finally:
+        os.close(tree)
+
+
+def mount_one(rootfs: str, m: dict, cgroup_binds, tree: int | None = None) -> None:
     """Mount one entry of the spec's "mounts" under `rootfs`, which the destination, whatever
-    its symlinks, can not lead out of."""
+    its symlinks, can not lead out of. A bind mount's source can come made already (`tree`: a
+    detached mount, idmapped_tree()'s), to be attached instead of bound."""
     destination = m["destination"]
     flags, propagation, data = parse_options(m.get("options"))
     attr_set, attr_clr = recursive_attrs(m.get("options"))
@@ -244,11 +279,15 @@ def mount_one(rootfs: str, m: dict, cgroup_binds) -> None:
     root = _root_fd(rootfs)
     try:
         if flags & libc.MS_BIND:
-            src = _open_source(source)
+            src = _open_source(source) if tree is None else os.dup(tree)
             try:
                 is_dir = stat.S_ISDIR(os.fstat(src).st_mode)
                 with _place(root, rootfs, destination, "dir" if is_dir else "file") as place:
-                    libc.mount(fd_path(src), place.path, None, flags & (libc.MS_BIND | libc.MS_REC))
+                    if tree is None:
+                        libc.mount(fd_path(src), place.path, None, flags & (libc.MS_BIND | libc.MS_REC))
+                    else:
+                        libc.move_mount(tree, "", place.fd, libc.MOVE_MOUNT_F_EMPTY_PATH | libc.MOVE_MOUNT_T_EMPTY_PATH,
+                                        what=destination)
                     with place.reopen() as top:
                         if flags & _REMOUNT_FLAGS:
                             # A bind mount takes most flags only on a second, remounting call.
@@ -351,18 +390,21 @@ def _mount_cgroup_v1(place: _Place, flags: int, binds) -> None:
                         pass
 
 
-def create_devices(rootfs: str, devices) -> None:
-    """Make the spec's device nodes, the defaults every container has, and /dev's symlinks."""
+def create_devices(rootfs: str, devices, bind: bool = False) -> None:
+    """Make the spec's device nodes, the defaults every container has, and /dev's symlinks.
+    In a user namespace, where mknod(2) of a device is refused, each is the host's node of the
+    same path bound in instead, as runc does."""
+    make = _bind_device if bind else _mknod
     root = _root_fd(rootfs)
     try:
         made = set()
         for d in devices or ():
-            _mknod(root, rootfs, d["path"], d.get("type", "c"), d["major"], d["minor"], d.get("fileMode", 0o666),
-                   d.get("uid", 0), d.get("gid", 0))
+            make(root, rootfs, d["path"], d.get("type", "c"), d["major"], d["minor"], d.get("fileMode", 0o666),
+                 d.get("uid", 0), d.get("gid", 0))
             made.add(d["path"])
         for path, major, minor in DEFAULT_DEVICES:
             if path not in made:
-                _mknod(root, rootfs, path, "c", major, minor, 0o666, 0, 0)
+                make(root, rootfs, path, "c", major, minor, 0o666, 0, 0)
         links = list(_DEV_LINKS)
         if os.path.exists("/proc/kcore"):
             links.append(("/proc/kcore", "/dev/core"))
@@ -402,6 +444,26 @@ def _mknod(root: int, rootfs: str, path: str, kind: str, major: int, minor: int,
             os.close(fd)
     finally:
         os.close(parent)
+
+
+def _bind_device(root: int, rootfs: str, path: str, kind: str, major: int, minor: int, mode: int, uid: int,
+                 gid: int) -> None:
+    """Bind the host's device node at `path` (still the host's /dev: this runs before pivot_root)
+    over an empty file at `path` in the rootfs, if it is the device the spec names."""
+    type_bits = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK}.get(kind)
+    try:
+        host = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise MountError(e.errno, f"device {path}: the host's node to bind into a user namespace: {_why(e)}") from None
+    try:
+        st = os.fstat(host)
+        if type_bits is None or stat.S_IFMT(st.st_mode) != type_bits or st.st_rdev != os.makedev(major, minor):
+            raise MountError(errno.ENODEV, f"device {path}: the host's {path} is not device {kind} {major}:{minor}, "
+                                           "which a container in a user namespace can only have bound from there")
+        with _place(root, rootfs, path, "file", follow=False) as place:
+            libc.mount(fd_path(host), place.path, None, libc.MS_BIND)
+    finally:
+        os.close(host)
 
 
 def bind_console(rootfs: str, pty_path: str) -> None:

@@ -32,7 +32,11 @@ _PR_SET_DUMPABLE = 4  # prctl(2)
 _RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 # Namespaces an exec joins, in an order that works: mnt last, since joining it
 # changes what /proc/<pid>/ns paths would resolve to (the fds are opened first anyway).
-_EXEC_NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
+# The user namespace first: the others are its, and joining it is what makes the exec its root
+# rather than the host's.
+# Where a container in a user namespace has its rootfs attached, in its own mount namespace.
+_USERNS_ROOTFS = "/tmp"
+_EXEC_NAMESPACES = ("user", "ipc", "uts", "net", "pid", "cgroup", "mnt")
 
 
 class BuiltinExecutor:
@@ -44,6 +48,8 @@ class BuiltinExecutor:
         path = (spec.get("linux") or {}).get("cgroupsPath") or ""
         self.cgroup = Cgroup(path) if path else None
         self._seccomp: seccomp.Filter | None = None
+        self._trees: dict[int, int] = {}
+        self._rootfs_tree: int | None = None  # idmapped bind mounts made, by their index in the spec's mounts
 
     def _compile_seccomp(self) -> None:
         """Compile the spec's seccomp filter once, here on the host (see linux/seccomp.py): the
@@ -126,7 +132,15 @@ class BuiltinExecutor:
         # then; otherwise the container's first process is moved in while it builds its
         # filesystem (the first move after a quiet spell waits for an RCU grace period).
         namespaces = (self.spec.get("linux") or {}).get("namespaces") or ()
-        join_first = any(ns["type"] == "cgroup" and not ns.get("path") for ns in namespaces)
+        for ns in namespaces:
+            if ns["type"] not in libc.NAMESPACES:
+                raise ExecutorError(f"unknown namespace type {ns['type']!r}")
+        user = next((ns for ns in namespaces if ns["type"] == "user"), None)
+        if user is not None and not user.get("path"):
+            raise ExecutorError("the built-in executor joins a pod's user namespace (a namespace with a path) "
+                                "and makes none of its own")
+        # In a user namespace this process has no capability over the host's cgroups: it joins first.
+        join_first = user is not None or any(ns["type"] == "cgroup" and not ns.get("path") for ns in namespaces)
         if self.cgroup is not None:
             # Here, not in the shim: what this code touches is copied in a process that exits
             # at once, not in one that lives as long as the container.
@@ -137,19 +151,21 @@ class BuiltinExecutor:
         if self.cgroup is not None and join_first:
             self.cgroup.add(os.getpid())
         move = self.cgroup.mover() if self.cgroup is not None and not join_first else None
+        # Opened while this process is root on the host: in a user namespace it is not, and the
+        # pins' directories are root's.
+        joined = [(ns["type"], os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC))
+                  for ns in namespaces if ns.get("path") and ns["type"] != "user"]
+        if user is not None:
+            self._enter_user_namespace(user["path"])
         flags = 0
+        for kind, fd in joined:
+            libc.setns(f"/proc/self/fd/{fd}", libc.NAMESPACES[kind][0])
+            os.close(fd)
         for ns in namespaces:
-            kind = ns["type"]
-            if kind not in libc.NAMESPACES:
-                raise ExecutorError(f"unknown namespace type {kind!r}")
-            if kind == "user":
-                raise ExecutorError("user namespaces are not supported by the built-in executor")
-            if ns.get("path"):
-                libc.setns(ns["path"], libc.NAMESPACES[kind][0])
-            else:
-                flags |= libc.NAMESPACES[kind][0]
+            if not ns.get("path"):
+                flags |= libc.NAMESPACES[ns["type"]][0]
         if flags:
-            libc.unshare(flags)
+            libc.unshare(flags)  # owned by the user namespace joined, if any
         pid = os.fork()
         if pid == 0:
             _child(lambda: self._init(stdio, report_w, start_r, null), report_w)
@@ -157,6 +173,37 @@ class BuiltinExecutor:
             move(pid)
         # The shim waits for this process to exit, so it knows the move is done before any start.
         _say(report_w, f"pid {pid}")
+
+    def _enter_user_namespace(self, path: str) -> None:
+        """Join the pod's user namespace, first: the namespaces made or joined after are its, and
+        so are this process's capabilities from here on. Its idmapped bind mounts are made before,
+        while the host's filesystem and capabilities are at hand (only root on the host can idmap
+        a mount of a host filesystem), and attached in the container's mount namespace later."""
+        lin = self.spec.get("linux") or {}
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for i, m in enumerate(self.spec.get("mounts") or ()):
+                options = m.get("options") or ()
+                if not any(o in mounts.IDMAP_OPTIONS for o in options):
+                    continue
+                if (m.get("uidMappings") or lin.get("uidMappings")) != lin.get("uidMappings") or \
+                        (m.get("gidMappings") or lin.get("gidMappings")) != lin.get("gidMappings"):
+                    raise ExecutorError(f"mount {m['destination']}: the built-in executor idmaps a mount only "
+                                        "with the container's own mappings")
+                self._trees[i] = mounts.idmapped_tree(m["source"], fd, "ridmap" in options)
+            # The rootfs too: in the namespace, its path (under cricketd's state dir, whose
+            # directories need not be searchable by others) may be out of reach.
+            root = self.spec.get("root") or {}
+            self._rootfs_tree = libc.open_tree(
+                libc.AT_FDCWD, os.path.join(self.bundle, root.get("path") or "rootfs"),
+                libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_RECURSIVE)
+            libc.setns(f"/proc/self/fd/{fd}", libc.CLONE_NEWUSER)
+        finally:
+            os.close(fd)
+        # Root of the pod's namespace, not the host's root (unmapped here, and nobody in its files).
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
 
     def _init(self, stdio: Stdio, report_w: int, start_r: int, null: int) -> None:
         spec = self.spec
@@ -194,18 +241,30 @@ class BuiltinExecutor:
         libc.mount(None, "/", None, propagation)
         # pivot_root refuses a shared new root or a shared mount under it, which an rshared "/"
         # makes of both: the rootfs mount and its self-bind are made private (/ stays shared).
-        mounts.make_private_if_shared(rootfs)
-        libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
+        if self._rootfs_tree is not None:
+            # In a user namespace the rootfs comes as a copy made on the host, attached on a
+            # directory every process can reach (the container's mount namespace's own: the
+            # host sees nothing of it) and built there.
+            if propagation & libc.MS_SHARED:
+                raise ExecutorError("a container in a user namespace can not have shared root propagation")
+            rootfs = _USERNS_ROOTFS
+            libc.move_mount(self._rootfs_tree, rootfs)
+            os.close(self._rootfs_tree)
+            self._rootfs_tree = None
+        else:
+            mounts.make_private_if_shared(rootfs)
+            libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
         mounts.make_private_if_shared(rootfs)
         binds = None
         if self.cgroup is not None:
             binds = v1_mount_sources(self.cgroup.path)
         dev_is_tmpfs = False
-        for m in spec.get("mounts") or ():
-            mounts.mount_one(rootfs, m, binds)
+        for i, m in enumerate(spec.get("mounts") or ()):
+            mounts.mount_one(rootfs, m, binds, self._trees.get(i))
             dev_is_tmpfs |= m["destination"] == "/dev" and m.get("type") == "tmpfs"
         if dev_is_tmpfs:
-            mounts.create_devices(rootfs, lin.get("devices"))
+            in_userns = any(ns["type"] == "user" for ns in lin.get("namespaces") or ())
+            mounts.create_devices(rootfs, lin.get("devices"), bind=in_userns)
         if stdio.terminal is not None:
             mounts.bind_console(rootfs, os.ttyname(stdio.terminal))
         # Masks and read-only paths before pivot_root, while /dev/null and /proc/self are the host's.
@@ -224,9 +283,13 @@ class BuiltinExecutor:
             path = f"/proc/{init_pid}/ns/{ns}"
             if os.readlink(path) != os.readlink(f"/proc/self/ns/{ns}"):
                 fds.append((ns, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
-        for _, fd in fds:
+        for ns, fd in fds:
             libc.setns(f"/proc/self/fd/{fd}")
             os.close(fd)
+            if ns == "user":
+                os.setgroups([])
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
         pid = os.fork()
         if pid == 0:
             _child(lambda: self._exec_process(process, stdio, report_w, null), report_w)

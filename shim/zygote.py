@@ -115,12 +115,13 @@ class Zygote:
             if call == "pin_namespaces":
                 p = req.pin_namespaces
                 self._run_child(
-                    lambda: namespaces.pin_namespaces(p.net, p.ipc, p.uts, p.hostname, dict(p.sysctls)), conn
+                    lambda: namespaces.pin_namespaces(p.net, p.ipc, p.uts, p.hostname, dict(p.sysctls),
+                                                      p.user, p.uid_map, p.gid_map), conn
                 )
                 crash_point("zygote.pin_namespaces")  # pinned, unanswered
                 return pb.ZygoteResponse()
             if call == "spawn_pod_init":
-                return pb.ZygoteResponse(pid=self._spawn_pod_init(conn))
+                return pb.ZygoteResponse(pid=self._spawn_pod_init(conn, req.spawn_pod_init.user))
         except OSError as e:
             return pb.ZygoteResponse(error=str(e))
         except ChildFailed as e:
@@ -169,7 +170,7 @@ class Zygote:
         if status:
             raise ChildFailed(message.decode(errors="replace") or f"child exited with status {status}")
 
-    def _spawn_pod_init(self, conn: socket.socket) -> int:
+    def _spawn_pod_init(self, conn: socket.socket, user: str = "") -> int:
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
@@ -177,6 +178,14 @@ class Zygote:
             self._in_child(conn)
 
             def body():
+                if user:
+                    # The PID namespace is then the pod's user namespace's, which its containers
+                    # (in that namespace, with no capability over the host's) can join; the init
+                    # is root in the pod, nobody on the host.
+                    libc.setns(user, libc.CLONE_NEWUSER)
+                    os.setgroups([])
+                    os.setresgid(0, 0, 0)
+                    os.setresuid(0, 0, 0)
                 libc.unshare(libc.CLONE_NEWPID)
                 init = os.fork()
                 if init == 0:

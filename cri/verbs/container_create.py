@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from typing import Any
 
@@ -104,7 +105,9 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
     for d in ("upper", "work", "volumes"):
         os.makedirs(os.path.join(own, d), mode=0o711)
     os.makedirs(layout.rootfs(rec.id), mode=0o711)
-    _mount_rootfs(rt, rec)
+    userns = security.user_namespace(sconfig.linux.security_context.namespace_options, "namespace_options")
+    _mount_rootfs(rt, rec, sandbox_userns(rt, sandbox) if userns is not None else "",
+                  (userns[0][1], userns[1][1]) if userns is not None else (0, 0))
     image_sources = await image_mounts.mount(layout, rt.images, rec.id, rec.image_mounts, config.mounts)
 
     image = image_doc.get("config") or {}
@@ -143,15 +146,47 @@ def _runtime_of(rt: Runtime, sandbox: Sandbox) -> dict:
     return {"runtime": handler.path, "runtime_root": handler.root}
 
 
-def _mount_rootfs(rt: Runtime, rec: ContainerRecord) -> None:
+def sandbox_userns(rt: Runtime, sandbox: Sandbox) -> str:
+    """The pinned user namespace of a pod of kubelet's hostUsers: false."""
+    return rt.layout.sandbox_pin(sandbox.id, "user")
+
+
+def _mount_rootfs(rt: Runtime, rec: ContainerRecord, userns: str = "", root_ids: tuple[int, int] = (0, 0)) -> None:
+    """The container's overlay. In a user namespace of its pod's, as containerd's overlay
+    snapshotter does it: each image layer is bound idmapped through the pod's user namespace
+    (its files, owned by root on disk, are seen owned by the container's root, and nothing is
+    chowned), and only the still empty upper dir is given to the host ids of the container's root,
+    so what the container writes there is its own."""
     own = rt.layout.container_dir(rec.id)
     lower = rt.images.snapshots.lower_dirs(rec.chain_id) if rec.chain_id else []
     if not lower:
         empty = os.path.join(own, "empty")  # an image without layers still needs a lower dir
         os.makedirs(empty, exist_ok=True)
         lower = [empty]
-    options = f"lowerdir={':'.join(lower)},upperdir={own}/upper,workdir={own}/work"
-    libc.mount("overlay", rt.layout.rootfs(rec.id), "overlay", 0, options)
+    if not userns:
+        options = f"lowerdir={':'.join(lower)},upperdir={own}/upper,workdir={own}/work"
+        libc.mount("overlay", rt.layout.rootfs(rec.id), "overlay", 0, options)
+        return
+    for d in ("upper", "work"):
+        os.chown(os.path.join(own, d), *root_ids)
+    staging = os.path.join(own, "idmapped")
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    points: list[str] = []
+    fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for i, layer in enumerate(lower):
+            point = os.path.join(staging, str(i))
+            os.makedirs(point, exist_ok=True)
+            mounts.attach_idmapped(layer, point, fd)
+            points.append(point)
+        # The overlay holds private copies of its layers' mounts: the staging ones can go at once.
+        options = f"lowerdir={':'.join(points)},upperdir={own}/upper,workdir={own}/work"
+        libc.mount("overlay", rt.layout.rootfs(rec.id), "overlay", 0, options)
+    finally:
+        os.close(fd)
+        for point in points:
+            libc.umount(point, libc.MNT_DETACH)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> dict:
@@ -159,6 +194,17 @@ def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> 
     refused now: capability sets, seccomp, resources, oom_score_adj."""
     ctx = config.linux.security_context
     security.check_privileged(ctx, sconfig)
+    security.check_container_user_namespace(ctx, sconfig)
+    if security.user_namespace(ctx.namespace_options, "security_context.namespace_options") is not None:
+        for m in config.mounts:
+            if m.propagation == pb.PROPAGATION_BIDIRECTIONAL:
+                raise InvalidArgument(f"mount {m.container_path}: bidirectional propagation would carry the mounts "
+                                      "of a container in a user namespace of its pod's to the host; it can not "
+                                      "have it")
+            if image_mounts.is_image_mount(m):
+                raise InvalidArgument(f"mount of image {m.image.image} at {m.container_path}: image volumes are "
+                                      "not yet mounted idmapped, so a container in a user namespace of its pod's "
+                                      "can not have one")
     security.check_lsm(ctx)
     capabilities = security.capability_sets(ctx, oci_spec.capabilities(ctx))
     res = security.resources(config.linux.resources, "linux.resources")
@@ -194,6 +240,10 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
         for m in all_mounts:
             if m["type"] in ("sysfs", "cgroup"):
                 m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+    userns = security.user_namespace(ctx.namespace_options, "security_context.namespace_options")
+    if userns is not None:
+        uids, gids = oci_spec.id_mappings(userns[0]), oci_spec.id_mappings(userns[1])
+        oci_spec.idmap_binds(all_mounts, uids, gids)
     masked, readonly = security.proc_paths(ctx)  # kubelet's procMount, as the two lists it sends
     spec: dict[str, Any] = {
         "ociVersion": oci_spec.OCI_VERSION,
@@ -215,6 +265,8 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
             "readonlyPaths": readonly,
         },
     }
+    if userns is not None:
+        spec["linux"]["uidMappings"], spec["linux"]["gidMappings"] = uids, gids
     if ctx.privileged:
         spec["linux"]["devices"] = security.host_devices()
     if checked["seccomp"] is not None:
@@ -253,6 +305,8 @@ def _namespaces(rt: Runtime, sandbox: Sandbox, ctx: pb.LinuxContainerSecurityCon
     srec = sandbox.rec
     ns = ctx.namespace_options
     out = [{"type": "mount"}]
+    if security.user_namespace(ns, "security_context.namespace_options") is not None:
+        out.insert(0, {"type": "user", "path": sandbox_userns(rt, sandbox)})  # the others are its
     for kind, path in (("network", srec.netns), ("uts", srec.utsns)):
         if path:
             out.append({"type": kind, "path": path})

@@ -1,13 +1,14 @@
 """RunPodSandbox: a pod's namespaces, files, /dev/shm and cgroup, without a pause process."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
 import time
 
 from api.runtime.v1 import api_pb2 as pb
-from cri import security
+from cri import handler_features, security
 from cri.config import BUILTIN_HANDLER
 from cri.errors import AlreadyExists, InvalidArgument, RuntimeFailure, handle_errors
 from cri.pod_network import attach_network
@@ -15,7 +16,7 @@ from cri.records import SANDBOX_CREATING, SANDBOX_READY, NameInUse, SandboxRecor
 from cri.runtime import Runtime, Sandbox
 from cri.sandbox_files import write_sandbox_files
 from cri.sandbox_lifecycle import CGROUP_ROOT, discard_sandbox, ensure_pod_init
-from linux import libc
+from linux import libc, namespaces
 from linux.cgroups import Cgroup
 from linux.crash_points import crash_point
 
@@ -46,6 +47,7 @@ def validate(config: pb.PodSandboxConfig) -> None:
         raise InvalidArgument("namespace_options.pid TARGET is for containers, not pod sandboxes")
     if config.log_directory and not os.path.isabs(config.log_directory):
         raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
+    security.check_pod_user_namespace(config)
     security.pod_sysctls(config)
     security.resources(config.linux.resources, "linux.resources")
     security.resources(config.linux.overhead, "linux.overhead")
@@ -56,6 +58,16 @@ async def run_pod_sandbox(rt: Runtime, config: pb.PodSandboxConfig, handler: str
     if handler not in ("", BUILTIN_HANDLER) and handler not in rt.handlers:
         known = ", ".join(repr(h) for h in ["", BUILTIN_HANDLER, *rt.handlers])
         raise InvalidArgument(f"unknown runtime handler {handler!r}: this node has {known}")
+    if security.check_pod_user_namespace(config) is not None:
+        h = rt.handlers.get(handler)
+        if h is None:
+            features = await asyncio.to_thread(handler_features.builtin, (rt.config.root_dir, rt.config.state_dir))
+        else:
+            features = await asyncio.to_thread(handler_features.oci_runtime, h.path)
+        if not features.user_namespaces:
+            raise InvalidArgument(f"namespace_options.userns_options: runtime handler {handler!r} can not run a pod "
+                                  "in a user namespace of its own on this node (its Status features say "
+                                  "user_namespaces: false); use one that can, or hostUsers: true")
     rec = SandboxRecord(
         id=secrets.token_hex(32), name=sandbox_name(config.metadata), config=config.SerializeToString(),
         runtime_handler=handler, created_at=time.time_ns(), state=SANDBOX_CREATING,
@@ -118,14 +130,17 @@ async def _set_up(rt: Runtime, sandbox: Sandbox, config: pb.PodSandboxConfig) ->
 
     # The pod's network, IPC and UTS namespaces (UTS follows the network: a pod on
     # the host's network has the host's name).
-    wanted = {"net": not host_network, "ipc": ns.ipc == pb.POD, "uts": not host_network}
+    # With a user namespace of the pod's own (hostUsers: false), it is made first and owns them.
+    userns = security.check_pod_user_namespace(config)
+    wanted = {"net": not host_network, "ipc": ns.ipc == pb.POD, "uts": not host_network, "user": userns is not None}
     paths = {kind: layout.sandbox_pin(rec.id, kind) if want else "" for kind, want in wanted.items()}
     for path in paths.values():
         if path:
             open(path, "w").close()
     if any(paths.values()):
+        maps = [namespaces.id_map([m]) for m in userns] if userns is not None else ["", ""]
         await rt.zygote.pin_namespaces(paths["net"], paths["ipc"], paths["uts"], rec.hostname,
-                                       security.pod_sysctls(config))
+                                       security.pod_sysctls(config), paths["user"], maps[0], maps[1])
     rec.netns, rec.ipcns, rec.utsns = paths["net"], paths["ipc"], paths["uts"]
     crash_point("sandbox_run.after_pin")
 
