@@ -85,7 +85,12 @@ class Kube:
 
     def container_status(self, ns: str, pod: str, container: str = "") -> dict:
         statuses = self.pod(ns, pod)["status"].get("containerStatuses", [])
-        return next(c for c in statuses if not container or c["name"] == container)
+        for c in statuses:
+            if not container or c["name"] == container:
+                return c
+        # KeyError, which wait() takes for "not yet": a pod just made has no statuses until
+        # kubelet has seen it.
+        raise KeyError(f"pod {ns}/{pod} has no status of container {container or '(any)'} yet")
 
     def events(self, ns: str, name: str) -> list[dict]:
         items = self.get("-n", ns, "events", "--field-selector", f"involvedObject.name={name}")["items"]
