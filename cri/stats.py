@@ -135,9 +135,17 @@ class DiskUsageCache:
             with self._lock:
                 self._walking.pop(path).set()  # those waiting take the answer, or walk themselves
 
+    def fresh(self, path: str) -> DiskUsage | None:
+        """The answer for `path` if one is still fresh, without walking or waiting; else None."""
+        with self._lock:
+            known = self._known.get(path)
+            return known[1] if known is not None and known[0] > time.monotonic() else None
+
     async def aget(self, path: str) -> DiskUsage:
-        """get(), in a worker thread."""
-        return await asyncio.to_thread(self.get, path)
+        """get(), in a worker thread when it has to walk: a fresh answer (kubelet asks every
+        second for every container; a walk is kept DISK_USAGE_TTL) costs no trip to a thread."""
+        known = self.fresh(path)
+        return known if known is not None else await asyncio.to_thread(self.get, path)
 
 
 DISK_USAGE = DiskUsageCache()
@@ -233,7 +241,9 @@ def open_files_limit(pid: int) -> int:
 
 
 class CpuRates:
-    """The previous CPU sample of each cgroup, to turn usage into a rate."""
+    """The previous CPU sample of each cgroup, to turn usage into a rate. The list calls forget
+    the samples of cgroups no pod or container has any more (live_cgroups): kubelet asks for
+    stats of every container, so this would otherwise grow by one entry per container ever run."""
 
     def __init__(self):
         self._last: dict[str, tuple[int, int]] = {}
@@ -249,6 +259,12 @@ class CpuRates:
         for key in list(self._last):
             if key not in keys:
                 del self._last[key]
+
+
+def live_cgroups(rt: Runtime) -> set[str]:
+    """The cgroups whose CPU samples are worth keeping: every container's and every pod's."""
+    return {(c.rec.spec.get("linux") or {}).get("cgroupsPath", "") for c in rt.containers.values()} \
+        | {s.rec.cgroup_parent for s in rt.sandboxes.values()}
 
 
 def _cpu_and_memory(rates: CpuRates, path: str, now: int) -> tuple[pb.CpuUsage, pb.MemoryUsage, int]:

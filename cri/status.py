@@ -12,6 +12,7 @@ from cri import image_mounts
 from cri.errors import NotFound
 from cri.records import CREATED, EXITED, RUNNING, SANDBOX_READY
 from cri.runtime import Container, Runtime, Sandbox
+from image.metadata import ImageRecord
 
 _STATES = {
     CREATED: pb.CONTAINER_CREATED,
@@ -24,31 +25,49 @@ def container_state(c: Container) -> pb.ContainerState:
     return _STATES.get(c.rec.state, pb.CONTAINER_UNKNOWN)
 
 
-def image_ref(rt: Runtime, c: Container) -> str:
+class ImageLookup:
+    """Image records by ID, each read from the metadata store once: a list of a thousand
+    containers made from a few images asks the store a few times, not two thousand (each a
+    query and a parse of the image's config)."""
+
+    def __init__(self, rt: Runtime):
+        self._metadata = rt.images.metadata
+        self._known: dict[str, ImageRecord | None] = {}
+
+    def __call__(self, image_id: str) -> ImageRecord | None:
+        if image_id not in self._known:
+            self._known[image_id] = self._metadata.image(image_id)
+        return self._known[image_id]
+
+
+def image_ref(rt: Runtime, c: Container, images: ImageLookup | None = None) -> str:
     """What containerd reports as image_ref: the image's repo digest, or its ID when it has none."""
-    image = rt.images.metadata.image(c.rec.image_id)
+    image = (images or ImageLookup(rt))(c.rec.image_id)
     if image is not None and image.repo_digests:
         return image.repo_digests[0]
     return c.rec.image_id
 
 
-def image_spec(rt: Runtime, c: Container, config: pb.ContainerConfig) -> pb.ImageSpec:
+def image_spec(rt: Runtime, c: Container, config: pb.ContainerConfig,
+               images: ImageLookup | None = None) -> pb.ImageSpec:
     """The image a container runs, named as its user knows it. kubelet creates containers from
     the image's ID and shows this name in the pod's status: the name the pod spec gave
     (user_specified_image), else the image's first tag (as containerd answers), else its ID."""
     name = config.image.user_specified_image
     if not name:
-        image = rt.images.metadata.image(c.rec.image_id)
+        image = (images or ImageLookup(rt))(c.rec.image_id)
         name = image.repo_tags[0] if image is not None and image.repo_tags else c.rec.image_name
     return pb.ImageSpec(image=name, user_specified_image=config.image.user_specified_image,
                         runtime_handler=config.image.runtime_handler)
 
 
-def to_cri_container(rt: Runtime, c: Container) -> pb.Container:
+def to_cri_container(rt: Runtime, c: Container, images: ImageLookup | None = None) -> pb.Container:
+    """The container as ListContainers lists it; `images`: the lookup shared by one answer's containers."""
+    images = images or ImageLookup(rt)
     config = pb.ContainerConfig.FromString(c.rec.config)
     return pb.Container(
         id=c.id, pod_sandbox_id=c.rec.sandbox_id, metadata=config.metadata,
-        image=image_spec(rt, c, config), image_ref=image_ref(rt, c), image_id=c.rec.image_id,
+        image=image_spec(rt, c, config, images), image_ref=image_ref(rt, c, images), image_id=c.rec.image_id,
         state=container_state(c), created_at=c.rec.created_at, labels=config.labels, annotations=config.annotations,
     )
 
@@ -59,10 +78,11 @@ def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerSt
     rec = c.rec
     config = pb.ContainerConfig.FromString(rec.config)
     image_mounts.report(rec.image_mounts, config.mounts)
+    images = ImageLookup(rt)
     status = pb.ContainerStatus(
         id=rec.id, metadata=config.metadata, state=container_state(c), created_at=rec.created_at,
         started_at=rec.started_at, finished_at=rec.finished_at, exit_code=rec.exit_code,
-        image=image_spec(rt, c, config), image_ref=image_ref(rt, c), image_id=rec.image_id,
+        image=image_spec(rt, c, config, images), image_ref=image_ref(rt, c, images), image_id=rec.image_id,
         reason=rec.reason, message=rec.message, labels=config.labels, annotations=config.annotations,
         mounts=config.mounts, log_path=rec.log_path,
     )

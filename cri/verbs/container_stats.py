@@ -7,7 +7,7 @@ from cri.errors import FailedPrecondition, handle_errors
 from cri.paging import streams_pages
 from cri.records import RUNNING
 from cri.runtime import Runtime
-from cri.stats import CpuRates, container_stats, labels_match
+from cri.stats import CpuRates, container_stats, labels_match, live_cgroups
 from linux.cgroups import CgroupNotFound
 
 
@@ -44,4 +44,5 @@ class ContainerStats:
                 out.append(await container_stats(self.rt, self.rates, c))
             except CgroupNotFound:
                 continue
+        self.rates.forget(live_cgroups(self.rt))  # the samples of removed containers
         return out

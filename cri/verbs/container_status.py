@@ -6,7 +6,7 @@ from cri.errors import handle_errors
 from cri.paging import streams_pages
 from cri.records import RUNNING
 from cri.runtime import Runtime
-from cri.status import container_matches, container_status, to_cri_container
+from cri.status import ImageLookup, container_matches, container_status, to_cri_container
 
 
 class ContainerStatusVerbs:
@@ -26,9 +26,10 @@ class ContainerStatusVerbs:
 
     def _list_containers(self, f: pb.ContainerFilter) -> list[pb.Container]:
         out = []
+        images = ImageLookup(self.rt)  # kubelet lists every second: each image is read once per answer
         for c in list(self.rt.containers.values()):
             if c.rec.state == RUNNING:
                 self.rt.observe_exit(c)
             if container_matches(c, f):
-                out.append(to_cri_container(self.rt, c))
+                out.append(to_cri_container(self.rt, c, images))
         return out

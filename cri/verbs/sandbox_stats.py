@@ -6,7 +6,7 @@ from api.runtime.v1 import api_pb2 as pb
 from cri.errors import handle_errors
 from cri.paging import streams_pages
 from cri.runtime import Runtime
-from cri.stats import CpuRates, labels_match, sandbox_stats
+from cri.stats import CpuRates, labels_match, live_cgroups, sandbox_stats
 
 
 class SandboxStats:
@@ -35,6 +35,5 @@ class SandboxStats:
                                                       f.label_selector):
                 continue
             out.append(await sandbox_stats(self.rt, self.rates, s))
-        self.rates.forget({(c.rec.spec.get("linux") or {}).get("cgroupsPath", "") for c in self.rt.containers.values()}
-                          | {s.rec.cgroup_parent for s in self.rt.sandboxes.values()})
+        self.rates.forget(live_cgroups(self.rt))
         return out

@@ -217,3 +217,22 @@ def test_the_async_walk_runs_off_the_event_loop(layer):
 
     assert asyncio.run(main()).inodes == 6
     assert threads and threads[0] is not threading.main_thread()
+
+
+def test_a_fresh_answer_is_given_without_a_thread(layer, monkeypatch):
+    upper, _ = layer
+    walks = []
+    cache = DiskUsageCache(walk=lambda p: walks.append(p) or disk_usage(p))
+
+    async def main():
+        first = await cache.aget(str(upper))
+
+        def no_thread(*args, **kw):
+            raise AssertionError("a fresh answer went to a worker thread")
+
+        monkeypatch.setattr(asyncio, "to_thread", no_thread)
+        return first, await cache.aget(str(upper))
+
+    first, again = asyncio.run(main())
+    assert first == again and len(walks) == 1
+    assert cache.fresh(str(upper)) == first and cache.fresh(str(upper / "elsewhere")) is None
