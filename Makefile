@@ -25,7 +25,7 @@ export CRICKET_TOOLS_BIN := $(TOOLS_BIN)
 # The runtime under the cluster tests: cricket, or containerd to check a test against the peer.
 RUNTIME ?= cricket
 
-.PHONY: install run test unit lint fuzz bench proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test
+.PHONY: install run test unit lint fuzz bench test-cgroup2 proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test
 
 install: deps-run $(VENV)/.installed proto
 	$(VENV)/bin/cricket-cni-install
@@ -60,6 +60,11 @@ unit: $(VENV)/.installed proto
 lint: $(VENV)/.installed proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The cgroup, device, resource and OOM tests on a cgroup v2-only host: a Debian VM of the
+# project's own under qemu (tools/cgroup2_vm), its image built once into .cache/cgroup2-vm.
+test-cgroup2: $(VENV)/.installed proto
+	$(VENV)/bin/python -m tools.cgroup2_vm $(ARGS)
 
 # Coverage-guided fuzzing of every parser of untrusted bytes (fuzz/), FUZZ_SECONDS per target,
 # from the committed corpus; findings are written under .cache/fuzz and fail the run.

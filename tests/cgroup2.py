@@ -90,7 +90,14 @@ def as_v2_host(root: str, argv: list[str]) -> list[str]:
     rooted at the cgroup2 directory `root` (see the module's docstring)."""
     if not shutil.which("unshare"):
         pytest.skip("needs unshare: apt-get install util-linux")
-    inner = "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec " + shlex.join(argv)
+    # Whatever is at /sys/fs/cgroup goes first: on a v2 host it is cgroup2 already, and the kernel
+    # refuses a mount of the same superblock on the same mount point (EBUSY). Then the command
+    # moves into a leaf, "init", as a daemon on a v2 host runs in a leaf of its own (systemd's
+    # service cgroup): a cgroup with processes cannot enable controllers for its children ("no
+    # internal processes"), so if it stayed in the namespace's root, the cgroups it makes there
+    # would get no memory, cpu or pids controller on a v2 host.
+    inner = ("{ umount -l /sys/fs/cgroup 2>/dev/null; mount -t cgroup2 cgroup2 /sys/fs/cgroup; } && "
+             "mkdir -p /sys/fs/cgroup/init && echo $$ > /sys/fs/cgroup/init/cgroup.procs && exec " + shlex.join(argv))
     # Into `root` first: a cgroup namespace is rooted where its creator stands. Slave propagation
     # keeps the host's later mounts visible, and the cgroup2 mount from leaking back to it.
     procs = shlex.quote(os.path.join(root, "cgroup.procs"))

@@ -7,7 +7,7 @@ host the daemon runs here as on a v2 host: tests/cgroup2.py's as_v2_host() gives
 namespace whose /sys/fs/cgroup is the cgroup2 hierarchy, rooted by a cgroup namespace at a
 scratch directory, so linux.cgroups detects "v2" from the mount table, pods and containers are
 made in that directory's subtree and no v1 devices controller is involved. On a v2 host the
-same wrapper only adds a level.
+same wrapper only adds a level (`python -m tools.cgroup2_vm` runs these tests on one).
 """
 from __future__ import annotations
 

@@ -1,0 +1,5 @@
+import sys
+
+from tools.cgroup2_vm.run import main
+
+sys.exit(main())
