@@ -13,6 +13,7 @@ import pytest
 
 from cri.sandbox_lifecycle import CGROUP_ROOT
 from linux.cgroups import Cgroup
+from tests.daemon import need_root
 from tests.fixtures import images
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.registry import REGISTRY_BINARY, start_registry
@@ -113,3 +114,26 @@ def proxies():
     yield make
     for p in made:
         p.close()
+
+
+@pytest.fixture(scope="module")
+def ip_forward_kept():
+    """The bridge plugin turns on forwarding, as it must for a gateway: put it back after the
+    module's tests."""
+    need_root()
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        before = f.read()
+    yield
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write(before)
+
+
+@pytest.fixture
+def network(ip_forward_kept, tmp_path):
+    """A CNI bridge network of the test's own (tests/test_network.py's OwnNetwork), removed after."""
+    from tests.test_network import OwnNetwork  # here: a test module, imported only when wanted
+
+    net = OwnNetwork(str(tmp_path / "cni"))
+    net.write()
+    yield net
+    net.remove()

@@ -23,28 +23,9 @@ from api.runtime.v1 import api_pb2 as pb
 from api.shim.v1 import shim_pb2 as shim_pb
 from linux.cgroups import Cgroup
 from tests import crash_checks as cc
-from tests.daemon import Cricketd, need_root, registry_config
+from tests.daemon import Cricketd, registry_config
 from tests.pods import Pods, rpc_error
 from tests.test_network import OwnNetwork
-
-
-@pytest.fixture(scope="module", autouse=True)
-def host_sysctls():
-    """The bridge plugin turns on forwarding, as it must for a gateway: put it back after."""
-    need_root()
-    with open("/proc/sys/net/ipv4/ip_forward") as f:
-        before = f.read()
-    yield
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write(before)
-
-
-@pytest.fixture
-def network(tmp_path):
-    net = OwnNetwork(str(tmp_path / "cni"))
-    net.write()
-    yield net
-    net.remove()
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ from tests import crash_checks as cc
 from tests.daemon import Cricketd, need_root, registry_config
 from tests.fixtures import images
 from tests.pods import Pods
-from tests.test_network import OwnNetwork
 
 # Each step, the verb of the life in which it is reached, and whether it kills a helper of
 # cricketd's rather than cricketd itself (then the verb fails and cricketd lives on).
@@ -87,16 +86,6 @@ def armed_in_source() -> set[str]:
     return names
 
 
-@pytest.fixture(scope="module", autouse=True)
-def host_sysctls():
-    """The bridge plugin turns on forwarding, as it must for a gateway: put it back after."""
-    need_root()
-    with open("/proc/sys/net/ipv4/ip_forward") as f:
-        before = f.read()
-    yield
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write(before)
-
 
 @pytest.fixture(scope="module")
 def big_image(registry, tmp_path_factory):
@@ -105,14 +94,6 @@ def big_image(registry, tmp_path_factory):
     built = images.build_big_image(str(tmp_path_factory.mktemp("crash-big")), mb=6, seed=14)
     images.push_all(built, registry)
     return built["bigimage"].reference(registry)
-
-
-@pytest.fixture
-def network(tmp_path):
-    net = OwnNetwork(str(tmp_path / "cni"))
-    net.write()
-    yield net
-    net.remove()
 
 
 class Life:

@@ -15,7 +15,7 @@ import pytest
 
 from bench import load
 from tests import crash_checks as cc
-from tests.daemon import Cricketd, need_root, registry_config
+from tests.daemon import Cricketd, registry_config
 from tests.pods import Pods
 from tests.test_network import OwnNetwork
 
@@ -26,24 +26,6 @@ RELIST_SECONDS = 20
 SOAK_ROUNDS = 30
 RSS_GROWTH_BOUND = 64 << 20  # generous, for a noisy allocator: the figure itself is printed
 
-
-@pytest.fixture(scope="module", autouse=True)
-def host_sysctls():
-    """The bridge plugin turns on forwarding, as it must for a gateway: put it back after."""
-    need_root()
-    with open("/proc/sys/net/ipv4/ip_forward") as f:
-        before = f.read()
-    yield
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-        f.write(before)
-
-
-@pytest.fixture
-def network(tmp_path):
-    net = OwnNetwork(str(tmp_path / "cni"))
-    net.write()
-    yield net
-    net.remove()
 
 
 @pytest.fixture
