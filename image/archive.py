@@ -34,6 +34,7 @@ import tarfile
 from typing import BinaryIO
 
 from image.compression import GZIP, ZSTD, LayerError, decompressed_archive, open_decompressed, sniff
+from image.content import ContentError, check_digest
 from image.limits import MANIFEST_LIMIT, ImageLimits, LimitExceeded
 from image.manifest import (
     DOCKER_LAYER,
@@ -230,9 +231,15 @@ class ArchiveSource:
                                 digest))
 
     def _blob_path(self, digest: str) -> str:
-        if not isinstance(digest, str) or ":" not in digest:
-            raise ArchiveError(f"bad digest {digest!r} in the archive")
-        path = self._path("blobs/" + digest.replace(":", "/", 1))
+        # Strictly sha256:<64 hex>: a looser spelling ("…/", upper case) would name the same file
+        # under a second digest, and the image's record would not match what was verified.
+        try:
+            hex_part = check_digest(digest) if isinstance(digest, str) else None
+        except ContentError:
+            hex_part = None
+        if hex_part is None:
+            raise ArchiveError(f"bad digest {digest!r} in the archive (want sha256:<64 hex>)")
+        path = self._path("blobs/sha256/" + hex_part)
         self.blobs[digest] = path
         return path
 

@@ -329,6 +329,8 @@ class _Writer:
         elif member.issym():
             if "\0" in member.linkname:
                 raise LayerError(f"symlink {member.name!r} has a NUL byte in its target")
+            if not member.linkname:
+                raise LayerError(f"symlink {member.name!r} has an empty target")
             self._create(rel, full, os.symlink, member.linkname, full)
             os.lchown(full, *_owner(member))
             self._set_xattrs(member, full)

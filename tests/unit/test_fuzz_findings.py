@@ -6,6 +6,7 @@ file, so every fuzzing run replays it."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import tarfile
 import zlib
@@ -64,6 +65,15 @@ def test_a_nul_byte_in_a_symlink_target_or_an_xattr_name_is_a_layer_error(tmp_pa
     named = entry("file", data=b"x", xattrs={"user.a\0b": b"v"})
     with pytest.raises(LayerError, match="xattr with a NUL byte"):
         _unpack(tmp_path / "2", tar_bytes(named))
+
+
+# -- unpack: a symlink with an empty target --------------------------------------------------------
+# symlink(2) refuses an empty target with ENOENT, which escaped unpack_layer as a plain OSError.
+
+def test_a_symlink_with_an_empty_target_is_a_layer_error(tmp_path):
+    _need_root()
+    with pytest.raises(LayerError, match="symlink 'a' has an empty target"):
+        _unpack(tmp_path, tar_bytes(entry("a", tarfile.SYMTYPE, link="")))
 
 
 # -- unpack: a pax record whose length overflows --------------------------------------------------
@@ -153,6 +163,33 @@ ARCHIVE_BAD_TAG = (
 def test_an_archive_image_name_that_is_no_reference_is_an_archive_error(tmp_path):
     archive_target._docker_dir(str(tmp_path), ARCHIVE_BAD_TAG[1:])
     with pytest.raises(ArchiveError, match=r"names an image 'docker.io/library/app:1@'"):
+        ArchiveSource(str(tmp_path))
+
+
+# -- archive: a digest spelled with a trailing slash --------------------------------------------------
+# The blob path was made from the digest as written, and normpath dropped the slash: the index's
+# manifest was read under a digest no hash gives, and the image recorded under that spelling.
+
+def _oci_index(digest: str) -> bytes:
+    return json.dumps({"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                      "digest": digest, "size": len(archive_target._MANIFEST)}]}).encode()
+
+
+ARCHIVE_DIGEST_SLASH = b"\x02" + _oci_index(archive_target._digest(archive_target._MANIFEST) + "/")
+
+
+@pytest.mark.parametrize("spelling", ["{}/", "{}/.", "SHA256:{}", "sha256:./{}"])
+def test_a_digest_in_another_spelling_is_an_archive_error(tmp_path, spelling):
+    hex_part = archive_target._digest(archive_target._MANIFEST)[7:]
+    digest = spelling.format("sha256:" + hex_part if spelling.startswith("{") else hex_part)
+    archive_target._oci_dir(str(tmp_path), _oci_index(digest))
+    with pytest.raises(ArchiveError, match=r"bad digest .* \(want sha256:<64 hex>\)"):
+        ArchiveSource(str(tmp_path))
+
+
+def test_the_fuzzers_trailing_slash_input_is_an_archive_error(tmp_path):
+    archive_target._oci_dir(str(tmp_path), ARCHIVE_DIGEST_SLASH[1:])
+    with pytest.raises(ArchiveError, match="bad digest"):
         ArchiveSource(str(tmp_path))
 
 
