@@ -19,7 +19,7 @@ from cri.errors import (
 from cri.records import CREATED, EXITED, RUNNING, ContainerRecord
 from cri.runtime import UNKNOWN_EXIT_CODE, Container, Runtime, proc_start_time
 from frames.shim_client import ShimError, ShimGone
-from linux import libc
+from linux import libc, mounts
 from linux.cgroups import Cgroup
 from linux.crash_points import crash_point
 
@@ -162,8 +162,13 @@ async def release_container(rt: Runtime, c: Container) -> None:
     if os.path.ismount(rootfs):
         libc.umount(rootfs, libc.MNT_DETACH)
     image_mounts.release(rt.layout, rec.id)  # before the bundle they are mounted in goes
-    shutil.rmtree(rt.layout.bundle(rec.id), ignore_errors=True)
-    await asyncio.to_thread(shutil.rmtree, rt.layout.container_dir(rec.id), True)
+    await asyncio.to_thread(_remove_dirs, rt.layout.bundle(rec.id), rt.layout.container_dir(rec.id))
+
+
+def _remove_dirs(*dirs: str) -> None:
+    for path in dirs:
+        mounts.unmount_beneath(path)  # what a create cut short by cricketd's death left mounted
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def wait_gone(pid: int) -> None:

@@ -24,7 +24,7 @@ from cri.errors import InvalidArgument, NotFound, RuntimeFailure
 from cri.layout import Layout
 from image.store import ImageStore
 from linux import libc
-from linux.mounts import secure_join
+from linux.mounts import mount_overlay, secure_join
 
 # The bottom lower dir of every image mount: overlayfs wants two lower dirs when it has no
 # upper one, and an image may have one layer or none.
@@ -66,9 +66,11 @@ def resolve(images: ImageStore, mounts) -> list[dict]:
 
 
 async def mount(layout: Layout, images: ImageStore, container_id: str, recorded: list[dict],
-                mounts) -> dict[str, str]:
+                mounts, userns: str = "") -> dict[str, str]:
     """Mount each recorded image and return, by container path, what the container is to bind:
-    the image's root or its sub path. What this makes, release() undoes, even half made."""
+    the image's root or its sub path. With `userns` (a pod's pinned user namespace), each image's
+    snapshots are idmapped through it, as the container's rootfs is, so the binds need no idmapping
+    of their own. What this makes, release() undoes, even half made."""
     wanted = [m for m in mounts if is_image_mount(m)]
     if not wanted:
         return {}
@@ -78,10 +80,10 @@ async def mount(layout: Layout, images: ImageStore, container_id: str, recorded:
         lowers = [images.snapshots.lower_dirs(r["chain_id"]) if r["chain_id"] else [] for r in recorded]
     except LookupError as e:
         raise RuntimeFailure(f"an image to mount is damaged: {e}; pull it again") from None
-    return await asyncio.to_thread(_mount_all, layout.image_mounts(container_id), wanted, lowers)
+    return await asyncio.to_thread(_mount_all, layout.image_mounts(container_id), wanted, lowers, userns)
 
 
-def _mount_all(root: str, wanted: list[pb.Mount], lowers: list[list[str]]) -> dict[str, str]:
+def _mount_all(root: str, wanted: list[pb.Mount], lowers: list[list[str]], userns: str) -> dict[str, str]:
     empty = os.path.join(root, _EMPTY)
     os.makedirs(empty, mode=0o755)
     sources = {}
@@ -89,7 +91,8 @@ def _mount_all(root: str, wanted: list[pb.Mount], lowers: list[list[str]]) -> di
         point = os.path.join(root, str(i))
         os.mkdir(point, 0o755)
         try:
-            libc.mount("overlay", point, "overlay", libc.MS_RDONLY, f"lowerdir={':'.join([*lower, empty])}")
+            mount_overlay(point, [*lower, empty], flags=libc.MS_RDONLY, userns=userns,
+                          staging=os.path.join(root, f"{i}.idmapped"))
         except OSError as e:
             raise RuntimeFailure(f"mount {m.container_path}: mounting image {m.image.image!r}: {e.strerror}") from None
         source = point

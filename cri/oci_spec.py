@@ -298,14 +298,16 @@ def id_mappings(mapping: tuple[int, int, int]) -> list[dict]:
     return [{"containerID": inside, "hostID": outside, "size": length}]
 
 
-def idmap_binds(mounts: list[dict], uids: list[dict], gids: list[dict]) -> None:
+def idmap_binds(mounts: list[dict], uids: list[dict], gids: list[dict], skip: Iterable[str] = ()) -> None:
     """Make every bind mount of a container in a user namespace of its pod's an idmapped one
     (the OCI spec's "idmap"/"ridmap" options with the mount's own mappings, the container's): its
     files' owners show through the container's mappings, so nothing is chowned and what the
-    container's root writes lands as the host's root, as without a user namespace."""
+    container's root writes lands as the host's root, as without a user namespace. Binds of the
+    sources in `skip`, mapped already, are left as they are."""
+    skipped = {os.path.realpath(path) for path in skip}
     for m in mounts:
         options = m.get("options") or []
-        if m.get("type") != "bind" or "idmap" in options or "ridmap" in options:
+        if m.get("type") != "bind" or "idmap" in options or "ridmap" in options or m.get("source") in skipped:
             continue
         m["options"] = [*options, "ridmap" if "rbind" in options else "idmap"]
         m["uidMappings"], m["gidMappings"] = uids, gids

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 
 from linux import libc, openat2
@@ -236,20 +237,27 @@ def _place(root_fd: int, rootfs: str, path: str, create: str = "", follow: bool 
     return _Place(parent, name, fd, rootfs)
 
 
-def idmapped_tree(source: str, userns_fd: int, recursive: bool) -> int:
+def cloned_tree(source: str, recursive: bool) -> int:
+    """A detached copy of the mount tree at `source` (its submounts too, `recursive`), opened as
+    bind sources are (no symlink followed), to be attached later (move_mount) where it belongs."""
+    src = _open_source(source)
+    try:
+        flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_EMPTY_PATH
+        return libc.open_tree(src, "", flags | (libc.AT_RECURSIVE if recursive else 0), what=source)
+    finally:
+        os.close(src)
+
+
+def idmapped_tree(source: str, userns_fd: int, recursive: bool, readonly: bool = False) -> int:
     """A detached copy of the mount tree at `source` (its submounts too, `recursive`), idmapped
     through the user namespace `userns_fd`: what it shows as owned by host id H is owned by the
     namespace's id H on disk. Made where the host's filesystem and capabilities are at hand (only
     a detached mount can be idmapped), attached later (move_mount) where it belongs."""
-    src = _open_source(source)
-    try:
-        flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_EMPTY_PATH
-        tree = libc.open_tree(src, "", flags | (libc.AT_RECURSIVE if recursive else 0), what=source)
-    finally:
-        os.close(src)
+    tree = cloned_tree(source, recursive)
     try:
         libc.mount_setattr(tree, "", libc.AT_EMPTY_PATH | (libc.AT_RECURSIVE if recursive else 0),
-                           libc.MOUNT_ATTR_IDMAP, what=f"{source} (idmapped)", userns_fd=userns_fd)
+                           libc.MOUNT_ATTR_IDMAP | (libc.MOUNT_ATTR_RDONLY if readonly else 0),
+                           what=f"{source} (idmapped)", userns_fd=userns_fd)
     except OSError as e:
         os.close(tree)
         why = (": its filesystem (or one mounted beneath it) can not be idmapped" if e.errno == errno.EINVAL
@@ -258,13 +266,46 @@ def idmapped_tree(source: str, userns_fd: int, recursive: bool) -> int:
     return tree
 
 
-def attach_idmapped(source: str, target: str, userns_fd: int) -> None:
+def attach_idmapped(source: str, target: str, userns_fd: int, readonly: bool = False) -> None:
     """Bind `source` idmapped (see idmapped_tree) onto the directory `target`."""
-    tree = idmapped_tree(source, userns_fd, recursive=False)
+    tree = idmapped_tree(source, userns_fd, recursive=False, readonly=readonly)
     try:
         libc.move_mount(tree, target)
     finally:
         os.close(tree)
+
+
+def mount_overlay(target: str, lower: list[str], options: str = "", flags: int = 0, userns: str = "",
+                  staging: str = "") -> None:
+    """Mount an overlay of the `lower` dirs (top first) on `target`, with `options` (upperdir,
+    workdir) added. With `userns`, a pinned user namespace, as containerd's overlay snapshotter
+    does for such pods: overlayfs can not itself be idmapped, so each lower dir is first bound
+    idmapped through it on a directory of `staging` (made here, removed after: the overlay keeps
+    private copies of its layers' mounts), and the overlay stacks those. The staging binds are
+    read-only: should cricketd die before they go, no clean-up that walks the directory can
+    delete a shared layer's files through them (and unmount_beneath() takes them away)."""
+    def overlay(lowers: list[str]) -> None:
+        data = f"lowerdir={':'.join(lowers)}" + (f",{options}" if options else "")
+        libc.mount("overlay", target, "overlay", flags, data)
+
+    if not userns:
+        overlay(lower)
+        return
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    points: list[str] = []
+    fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for i, layer in enumerate(lower):
+            point = os.path.join(staging, str(i))
+            os.makedirs(point, exist_ok=True)
+            attach_idmapped(layer, point, fd, readonly=True)
+            points.append(point)
+        overlay(points)
+    finally:
+        os.close(fd)
+        for point in points:
+            libc.umount(point, libc.MNT_DETACH)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def mount_one(rootfs: str, m: dict, cgroup_binds, tree: int | None = None) -> None:
@@ -491,6 +532,22 @@ def mount_of(path: str) -> tuple[str, list[str]]:
             if inside and len(point) >= len(best):
                 best, optional = point, fields[6:fields.index("-")]
     return best, optional
+
+
+def unmount_beneath(path: str) -> None:
+    """Detach every mount on or beneath `path`, deepest first: what a half-made container left
+    (its rootfs, image mounts, idmapped staging binds), before its directories are removed, so
+    that removing them can never reach into a mounted filesystem."""
+    prefix = os.path.normpath(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = {p for line in f if (p := line.split()[4].encode().decode("unicode_escape")) + "/" == prefix
+                  or p.startswith(prefix)}
+    for point in sorted(points, key=len, reverse=True):
+        try:
+            libc.umount(point, libc.MNT_DETACH)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOENT):  # gone with its parent already
+                raise
 
 
 def make_private_if_shared(point: str) -> None:

@@ -185,6 +185,10 @@ class BuiltinExecutor:
             for i, m in enumerate(self.spec.get("mounts") or ()):
                 options = m.get("options") or ()
                 if not any(o in mounts.IDMAP_OPTIONS for o in options):
+                    if m.get("type") == "bind" or "bind" in options or "rbind" in options:
+                        # A bind mapped already (an image mount's idmapped overlay): taken now,
+                        # as the rootfs is below, for its path may be out of reach inside.
+                        self._trees[i] = mounts.cloned_tree(m["source"], "rbind" in options)
                     continue
                 if (m.get("uidMappings") or lin.get("uidMappings")) != lin.get("uidMappings") or \
                         (m.get("gidMappings") or lin.get("gidMappings")) != lin.get("gidMappings"):

@@ -260,6 +260,30 @@ def test_writes_land_as_the_container_sees_them_in_volumes_and_as_the_host_id_in
     assert pods.sh(cid, "stat -c %u:%g /etc/hosts /etc/resolv.conf /dev/shm").split() == ["0:0"] * 3
 
 
+
+def test_an_image_volume_is_roots_inside_read_only_and_leaves_nothing_mounted(pods, busybox, test_images):
+    pod, config = userns_pod(pods)
+    volume = pb.Mount(container_path="/image", image=pb.ImageSpec(image=busybox), readonly=True)
+    cid = run_in_pod(pods, pod, config, busybox, ["sleep", "1000"], mounts=[volume])
+    # The image's layers idmapped as the rootfs's are: its root-owned files are root's inside, not
+    # the overflow id an un-mapped mount would show.
+    assert pods.sh(cid, "stat -c %u:%g /image/bin/busybox /image/etc/passwd").split() == ["0:0"] * 2
+    assert pods.sh(cid, "/image/bin/busybox echo ran-from-the-volume").strip() == "ran-from-the-volume"
+    out = pods.exec(cid, ["sh", "-c", "touch /image/x"])
+    assert out.exit_code != 0 and b"Read-only file system" in out.stderr
+    status = pods.status(cid).status
+    assert [m.image.image_ref for m in status.mounts if m.container_path == "/image"] == [
+        test_images["busybox"].config_digest]
+    bundle = os.path.join(pods.d.state, "containers", cid)
+    own = os.path.join(pods.d.root, "containers", cid)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    assert not [p for p in points if p.startswith(own + "/")], "an idmapped staging bind stayed mounted"
+    pods.stop(cid)
+    pods.remove(cid)
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if bundle in line or own in line]
+
 # -- refusals -------------------------------------------------------------------------------------
 
 

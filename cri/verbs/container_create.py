@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from typing import Any
 
@@ -26,7 +25,7 @@ from cri.records import SANDBOX_READY, ContainerRecord, NameInUse, SandboxRecord
 from cri.runtime import Container, Runtime, Sandbox
 from cri.sandbox_lifecycle import ensure_pod_init
 from cri.tracing import tracer
-from linux import libc, mounts, openat2, tree_copy
+from linux import mounts, openat2, tree_copy
 from linux.cgroups import mode as cgroup_mode
 
 log = logging.getLogger(__name__)
@@ -106,9 +105,9 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
         os.makedirs(os.path.join(own, d), mode=0o711)
     os.makedirs(layout.rootfs(rec.id), mode=0o711)
     userns = security.user_namespace(sconfig.linux.security_context.namespace_options, "namespace_options")
-    _mount_rootfs(rt, rec, sandbox_userns(rt, sandbox) if userns is not None else "",
-                  (userns[0][1], userns[1][1]) if userns is not None else (0, 0))
-    image_sources = await image_mounts.mount(layout, rt.images, rec.id, rec.image_mounts, config.mounts)
+    userns_pin = sandbox_userns(rt, sandbox) if userns is not None else ""
+    _mount_rootfs(rt, rec, userns_pin, (userns[0][1], userns[1][1]) if userns is not None else (0, 0))
+    image_sources = await image_mounts.mount(layout, rt.images, rec.id, rec.image_mounts, config.mounts, userns_pin)
 
     image = image_doc.get("config") or {}
     ctx = config.linux.security_context
@@ -163,30 +162,11 @@ def _mount_rootfs(rt: Runtime, rec: ContainerRecord, userns: str = "", root_ids:
         empty = os.path.join(own, "empty")  # an image without layers still needs a lower dir
         os.makedirs(empty, exist_ok=True)
         lower = [empty]
-    if not userns:
-        options = f"lowerdir={':'.join(lower)},upperdir={own}/upper,workdir={own}/work"
-        libc.mount("overlay", rt.layout.rootfs(rec.id), "overlay", 0, options)
-        return
-    for d in ("upper", "work"):
-        os.chown(os.path.join(own, d), *root_ids)
-    staging = os.path.join(own, "idmapped")
-    os.makedirs(staging, mode=0o700, exist_ok=True)
-    points: list[str] = []
-    fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for i, layer in enumerate(lower):
-            point = os.path.join(staging, str(i))
-            os.makedirs(point, exist_ok=True)
-            mounts.attach_idmapped(layer, point, fd)
-            points.append(point)
-        # The overlay holds private copies of its layers' mounts: the staging ones can go at once.
-        options = f"lowerdir={':'.join(points)},upperdir={own}/upper,workdir={own}/work"
-        libc.mount("overlay", rt.layout.rootfs(rec.id), "overlay", 0, options)
-    finally:
-        os.close(fd)
-        for point in points:
-            libc.umount(point, libc.MNT_DETACH)
-        shutil.rmtree(staging, ignore_errors=True)
+    if userns:
+        for d in ("upper", "work"):
+            os.chown(os.path.join(own, d), *root_ids)
+    mounts.mount_overlay(rt.layout.rootfs(rec.id), lower, f"upperdir={own}/upper,workdir={own}/work",
+                         userns=userns, staging=os.path.join(own, "idmapped"))
 
 
 def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> dict:
@@ -201,10 +181,6 @@ def check_security(config: pb.ContainerConfig, sconfig: pb.PodSandboxConfig) -> 
                 raise InvalidArgument(f"mount {m.container_path}: bidirectional propagation would carry the mounts "
                                       "of a container in a user namespace of its pod's to the host; it can not "
                                       "have it")
-            if image_mounts.is_image_mount(m):
-                raise InvalidArgument(f"mount of image {m.image.image} at {m.container_path}: image volumes are "
-                                      "not yet mounted idmapped, so a container in a user namespace of its pod's "
-                                      "can not have one")
     security.check_lsm(ctx)
     capabilities = security.capability_sets(ctx, oci_spec.capabilities(ctx))
     res = security.resources(config.linux.resources, "linux.resources")
@@ -243,7 +219,8 @@ def build_spec(rt: Runtime, c: Container, sandbox: Sandbox, config: pb.Container
     userns = security.user_namespace(ctx.namespace_options, "security_context.namespace_options")
     if userns is not None:
         uids, gids = oci_spec.id_mappings(userns[0]), oci_spec.id_mappings(userns[1])
-        oci_spec.idmap_binds(all_mounts, uids, gids)
+        # An image mount's overlay already shows its files through the pod's user namespace.
+        oci_spec.idmap_binds(all_mounts, uids, gids, skip=image_sources.values())
     masked, readonly = security.proc_paths(ctx)  # kubelet's procMount, as the two lists it sends
     spec: dict[str, Any] = {
         "ociVersion": oci_spec.OCI_VERSION,

@@ -118,3 +118,36 @@ def test_read_in_root_reads_regular_files_only_and_bounded(tmp_path):
             openat2.read_in_root(fd, "/", 100)
     finally:
         os.close(fd)
+
+
+def _mount_points() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_unmount_beneath_takes_every_mount_under_a_path_and_nothing_beside_it(tmp_path):
+    from linux.mounts import unmount_beneath
+
+    # A create cut short leaves mounts stacked in a container's directories; a sibling whose
+    # name only starts the same is someone else's.
+    top, sibling = tmp_path / "c", tmp_path / "c-other"
+    inner = top / "idmapped" / "0"
+    inner.mkdir(parents=True)
+    sibling.mkdir()
+    made = []
+    try:
+        for point in (top / "idmapped", sibling):
+            libc.mount("tmpfs", str(point), "tmpfs", 0, "size=1m")
+            made.append(str(point))
+        (top / "idmapped" / "0").mkdir()
+        libc.mount("tmpfs", str(inner), "tmpfs", 0, "size=1m")
+        made.append(str(inner))
+        unmount_beneath(str(top))
+        points = _mount_points()
+        assert str(top / "idmapped") not in points and str(inner) not in points
+        assert str(sibling) in points
+    finally:
+        for point in reversed(made):
+            if point in _mount_points():
+                libc.umount(point, libc.MNT_DETACH)
