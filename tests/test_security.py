@@ -12,6 +12,7 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.config import Config, runtime_handlers
+from linux import cgroups
 from tests.daemon import registry_config
 from tests.pods import Pods, rpc_error, serving
 
@@ -60,6 +61,27 @@ def ctx(**kw) -> pb.LinuxContainerSecurityContext:
 
 def container_count(pods: Pods) -> int:
     return len(pods.rt.ListContainers(pb.ListContainersRequest()).containers)
+
+
+# The files a container reads its limits from, and the host's pod and container cgroups, on this
+# host's hierarchy: v1 controllers, or the unified tree (which `make test-cgroup2` runs these on).
+V2 = cgroups.mode() == "v2"
+MEMORY_LIMIT = "/sys/fs/cgroup/memory.max" if V2 else "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+CPU_QUOTA = "/sys/fs/cgroup/cpu.max" if V2 else "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+CPU_SHARES = "/sys/fs/cgroup/cpu.weight" if V2 else "/sys/fs/cgroup/cpu/cpu.shares"
+
+
+def quota_seen(quota: int, period: int) -> str:
+    return f"{quota} {period}" if V2 else str(quota)
+
+
+def shares_seen(shares: int) -> str:
+    return str(cgroups.shares_to_weight(shares)) if V2 else str(shares)
+
+
+def host_cgroup_file(controller: str, name: str, *path: str) -> str:
+    base = "/sys/fs/cgroup" if V2 else f"/sys/fs/cgroup/{controller}"
+    return "/".join([base, "cricket", *path, name])
 
 
 # -- capabilities, seccomp, no_new_privs, masks -------------------------------------------
@@ -236,9 +258,9 @@ def test_cpu_and_memory_limits_are_visible_in_the_cgroup(pods, busybox, handler)
     )
     cid = pods.create(pod, config)
     pods.start(cid)
-    assert pods.sh(cid, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip() == "50000"
-    assert pods.sh(cid, "cat /sys/fs/cgroup/cpu/cpu.shares").strip() == "512"
-    assert pods.sh(cid, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes").strip() == str(64 << 20)
+    assert pods.sh(cid, f"cat {CPU_QUOTA}").strip() == quota_seen(50000, 100000)
+    assert pods.sh(cid, f"cat {CPU_SHARES}").strip() == shares_seen(512)
+    assert pods.sh(cid, f"cat {MEMORY_LIMIT}").strip() == str(64 << 20)
 
 
 def test_update_resources_of_a_running_container(pods, busybox):
@@ -250,8 +272,8 @@ def test_update_resources_of_a_running_container(pods, busybox):
             linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_quota=20000, cpu_period=100000),
         )
     )
-    assert pods.sh(cid, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes").strip() == str(96 << 20)
-    assert pods.sh(cid, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip() == "20000"
+    assert pods.sh(cid, f"cat {MEMORY_LIMIT}").strip() == str(96 << 20)
+    assert pods.sh(cid, f"cat {CPU_QUOTA}").strip() == quota_seen(20000, 100000)
     status = pods.status(cid).status
     assert status.resources.linux.memory_limit_in_bytes == 96 << 20
     pods.rt.UpdatePodSandboxResources(
@@ -259,7 +281,8 @@ def test_update_resources_of_a_running_container(pods, busybox):
             pod_sandbox_id=pod, resources=pb.LinuxContainerResources(memory_limit_in_bytes=512 << 20)
         )
     )
-    assert open(f"/sys/fs/cgroup/memory/cricket/{pod}/memory.limit_in_bytes").read().strip() == str(512 << 20)
+    pod_limit = host_cgroup_file("memory", "memory.max" if V2 else "memory.limit_in_bytes", pod)
+    assert open(pod_limit).read().strip() == str(512 << 20)
 
 
 @pytest.mark.parametrize("handler", HANDLERS)
@@ -282,8 +305,8 @@ def test_pids_limit_contains_a_fork_loop(pods, busybox):
     out = pods.exec(cid, ["sh", "-c", "for i in $(seq 60); do sleep 30 & done"])
     assert b"can't fork" in out.stderr
     # Read from the host: the container itself can fork nothing more.
-    assert open(f"/sys/fs/cgroup/pids/cricket/{pod}/{cid}/pids.max").read().strip() == "20"
-    current = int(open(f"/sys/fs/cgroup/pids/cricket/{pod}/{cid}/pids.current").read())
+    assert open(host_cgroup_file("pids", "pids.max", pod, cid)).read().strip() == "20"
+    current = int(open(host_cgroup_file("pids", "pids.current", pod, cid)).read())
     assert 15 <= current <= 20
 
 
@@ -309,7 +332,7 @@ def test_negative_oom_score_adj_is_clamped_not_refused(pods, busybox):
         (lambda c: setattr(c.linux.resources, "cpuset_cpus", "0-999"), "cpuset_cpus"),
         (lambda c: setattr(c.linux.resources, "memory_limit_in_bytes", -1), "memory_limit_in_bytes"),
         (lambda c: setattr(c.linux.resources, "oom_score_adj", 5000), "oom_score_adj"),
-        (lambda c: c.linux.resources.unified.update({"memory.high": "1"}), "unified"),
+        (lambda c: c.linux.resources.unified.update({"../memory.max": "1"}), "unified"),
         (
             lambda c: c.linux.security_context.seccomp.CopyFrom(
                 pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref="/no/such/profile.json")
@@ -363,8 +386,8 @@ def test_status_lists_the_handlers(pods):
 _PROBE = (
     "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; "
     "echo hostname=$(hostname); "
-    "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); "
-    "echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us); "
+    f"echo mem=$(cat {MEMORY_LIMIT}); "
+    f"echo quota=$(cat {CPU_QUOTA}); "
     "echo pid1=$(cat /proc/1/cmdline | tr '\\0' ' '); "
     "busybox awk '{print \"mount\", $5, $6}' /proc/self/mountinfo | sort"
 )
