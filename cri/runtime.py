@@ -22,7 +22,7 @@ from cri.config import Config, runtime_handlers
 from cri.errors import NotFound
 from cri.events import EventBus
 from cri.layout import Layout
-from cri.records import EXITED, ContainerRecord, RecordStore, SandboxRecord
+from cri.records import EXITED, RUNNING, ContainerRecord, RecordStore, SandboxRecord
 from frames.shim_client import ShimClient, ShimError, ShimGone, ZygoteClient
 from image.store import ImageStore
 
@@ -76,10 +76,20 @@ class Sandbox:
     # Its set-up was cut short (a crash, or an undo that failed) and nobody is finishing it:
     # a RunPodSandbox for its name undoes it first (cri/sandbox_lifecycle.py's discard_sandbox).
     abandoned: bool = False
+    # As a container's (below): the config parsed once, and how the list calls last listed it.
+    _config: pb.PodSandboxConfig | None = field(default=None, repr=False)
+    listed: tuple[tuple, pb.PodSandbox, bytes] | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
         return self.rec.id
+
+    @property
+    def config(self) -> pb.PodSandboxConfig:
+        """The config the pod was run with; shared, so not to be altered."""
+        if self._config is None:
+            self._config = pb.PodSandboxConfig.FromString(self.rec.config)
+        return self._config
 
 
 @dataclass
@@ -89,10 +99,22 @@ class Container:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     watcher: asyncio.Task | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # The record's config parsed once (it never changes), and what the list calls last listed
+    # it as (what that was built from, the message, its bytes in a list answer): kubelet lists
+    # every container every second, and few have changed since the last time.
+    _config: pb.ContainerConfig | None = field(default=None, repr=False)
+    listed: tuple[tuple, pb.Container, bytes] | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
         return self.rec.id
+
+    @property
+    def config(self) -> pb.ContainerConfig:
+        """The config the container was created with; shared, so not to be altered."""
+        if self._config is None:
+            self._config = pb.ContainerConfig.FromString(self.rec.config)
+        return self._config
 
 
 class Runtime:
@@ -197,6 +219,15 @@ class Runtime:
         c.exited.set()
         self.events.emit(pb.CONTAINER_STOPPED_EVENT, rec.sandbox_id, rec.id)
         return True
+
+    def state_of(self, c: Container) -> str:
+        """The container's state, as status and list calls report it. A running container whose
+        shim is watched needs no look: the watch records its exit as the shim reports it, or as
+        the shim's connection drops. One not watched is looked at (observe_exit), which reads
+        /proc and the exit file: kubelet lists every container every second."""
+        if c.rec.state == RUNNING and (c.watcher is None or c.watcher.done()):
+            self.observe_exit(c)
+        return c.rec.state
 
     def shim_alive(self, c: Container) -> bool:
         if not c.rec.shim_pid:  # spawned, but its pid never heard (a crash, or the zygote died)

@@ -160,6 +160,11 @@ class Metadata:
                               "the image database", _LOSS)
         self._db.execute("PRAGMA foreign_keys=ON")
         self._check_records()
+        # Image records as read, by ID and by name: every status and list call names images,
+        # and a query and a parse of the config each time cost more than the rest of the call.
+        # Emptied by every change of images or names, which are all made here.
+        self._by_id: dict[str, ImageRecord | None] = {}
+        self._id_by_name: dict[str, str | None] = {}
 
     def _check_records(self) -> None:
         """Read every image record whole; StoreDamaged names the first that does not decode."""
@@ -176,6 +181,10 @@ class Metadata:
     def _tx(self):
         return _Transaction(self._db, self.path)
 
+    def _changed(self) -> None:
+        self._by_id.clear()
+        self._id_by_name.clear()
+
     # images --------------------------------------------------------------
 
     def put_image(self, rec: ImageRecord, names: list[tuple[str, bool]], blobs: list[str]) -> None:
@@ -184,6 +193,7 @@ class Metadata:
         A name that pointed at another image moves here; the other image keeps its
         record even with no names left, as containerd keeps dangling images until GC.
         """
+        self._changed()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO images VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
@@ -206,14 +216,18 @@ class Metadata:
         return rec
 
     def image(self, image_id: str) -> ImageRecord | None:
-        row = self._db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
-        return self._image(row) if row else None
+        """The image's record: shared by every caller until the images change, so not to be altered."""
+        if image_id not in self._by_id:
+            row = self._db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()
+            self._by_id[image_id] = self._image(row) if row else None
+        return self._by_id[image_id]
 
     def image_by_name(self, name: str) -> ImageRecord | None:
-        row = self._db.execute(
-            "SELECT images.* FROM images JOIN image_names ON images.id=image_names.image_id WHERE name=?", (name,)
-        ).fetchone()
-        return self._image(row) if row else None
+        if name not in self._id_by_name:
+            row = self._db.execute("SELECT image_id FROM image_names WHERE name=?", (name,)).fetchone()
+            self._id_by_name[name] = row[0] if row else None
+        image_id = self._id_by_name[name]
+        return self.image(image_id) if image_id else None
 
     def images_by_id_prefix(self, prefix: str) -> list[ImageRecord]:
         rows = self._db.execute(
@@ -225,9 +239,11 @@ class Metadata:
         return [self._image(r) for r in self._db.execute("SELECT * FROM images ORDER BY created")]
 
     def remove_name(self, name: str) -> None:
+        self._changed()
         self._db.execute("DELETE FROM image_names WHERE name=?", (name,))
 
     def remove_image(self, image_id: str) -> None:
+        self._changed()
         with self._tx() as db:
             db.execute("DELETE FROM image_names WHERE image_id=?", (image_id,))
             db.execute("DELETE FROM image_blobs WHERE image_id=?", (image_id,))

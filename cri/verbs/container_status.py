@@ -4,9 +4,8 @@ from __future__ import annotations
 from api.runtime.v1 import api_pb2 as pb
 from cri.errors import handle_errors
 from cri.paging import streams_pages
-from cri.records import RUNNING
 from cri.runtime import Runtime
-from cri.status import ImageLookup, container_matches, container_status, to_cri_container
+from cri.status import ImageLookup, container_matches, container_status, listed_container
 
 
 class ContainerStatusVerbs:
@@ -18,18 +17,17 @@ class ContainerStatusVerbs:
 
     @handle_errors
     async def ListContainers(self, request, context):
-        return pb.ListContainersResponse(containers=self._list_containers(request.filter))
+        return pb.ListContainersResponse.FromString(b"".join(e for _, e in self._list_containers(request.filter)))
 
     @streams_pages(pb.StreamContainersResponse, "containers")
     async def StreamContainers(self, request, context):
-        return self._list_containers(request.filter)
+        return [m for m, _ in self._list_containers(request.filter)]
 
-    def _list_containers(self, f: pb.ContainerFilter) -> list[pb.Container]:
+    def _list_containers(self, f: pb.ContainerFilter) -> list[tuple[pb.Container, bytes]]:
         out = []
         images = ImageLookup(self.rt)  # kubelet lists every second: each image is read once per answer
         for c in list(self.rt.containers.values()):
-            if c.rec.state == RUNNING:
-                self.rt.observe_exit(c)
+            self.rt.state_of(c)
             if container_matches(c, f):
-                out.append(to_cri_container(self.rt, c, images))
+                out.append(listed_container(self.rt, c, images))
         return out

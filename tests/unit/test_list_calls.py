@@ -44,7 +44,7 @@ def test_each_image_is_read_once_per_list():
     containers = [_container(i, ids[i % 3]) for i in range(300)]
     verbs = ContainerStatusVerbs()
     verbs.rt = types.SimpleNamespace(images=types.SimpleNamespace(metadata=metadata),  # type: ignore[assignment]
-                                     containers={c.id: c for c in containers})
+                                     containers={c.id: c for c in containers}, state_of=lambda c: c.rec.state)
     answer = asyncio.run(verbs.ListContainers.__wrapped__(verbs, pb.ListContainersRequest(), None))
     assert len(answer.containers) == 300
     assert sorted(metadata.reads) == sorted(ids)  # three reads, not six hundred
@@ -57,6 +57,12 @@ def test_each_image_is_read_once_per_list():
         else:
             assert got.image.image == "app" and got.image_ref == image_id
         assert got.labels == {"n": str(i)} and got.state == pb.CONTAINER_EXITED
+    # The next answer reuses what did not change, and builds again what did.
+    containers[0].rec.state = CREATED
+    again = asyncio.run(verbs.ListContainers.__wrapped__(verbs, pb.ListContainersRequest(), None))
+    states = {c.id: c.state for c in again.containers}
+    assert states[f"{0:064x}"] == pb.CONTAINER_CREATED
+    assert list(states.values()).count(pb.CONTAINER_EXITED) == 299
 
 
 def test_list_container_stats_forgets_the_samples_of_removed_containers():
