@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from image.metadata import StoreDamaged, open_store
 
@@ -98,7 +98,8 @@ class ContainerRecord:
 
 
 def _encode(rec) -> str:
-    doc = asdict(rec)
+    # Shallow: json.dumps walks the nested spec itself; asdict() would first deep-copy it.
+    doc = {f.name: getattr(rec, f.name) for f in fields(rec)}
     doc["config"] = base64.b64encode(rec.config).decode()
     return json.dumps(doc, separators=(",", ":"))
 
