@@ -277,6 +277,8 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
         source = resolve_source(m.host_path, roots, m.container_path)
         _check_propagation(m, source)
         options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw", *_rro(m)]
+        if m.readonly:
+            options += _kept_flags(source)
         binds.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
     for dest, source in volumes:
         if posixpath.normpath(dest) not in taken:
@@ -290,6 +292,18 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
             continue
         defaults.append({"destination": dest, "type": kind, "source": source, "options": list(options)})
     return defaults + binds
+
+
+def _kept_flags(source: str) -> list[str]:
+    """The source mount's nosuid, nodev and noexec, for a read-only bind of it: an executor makes
+    it read-only with a remount, which clears every flag it is not given (runc 1.1 does, and a
+    host's noexec mount bound read-only would run its files in the container)."""
+    try:
+        flags = os.statvfs(source).f_flag
+    except OSError:
+        return []
+    return [word for bit, word in ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec"))
+            if flags & bit]
 
 
 def id_mappings(mapping: tuple[int, int, int]) -> list[dict]:

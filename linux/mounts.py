@@ -64,6 +64,7 @@ IDMAP_OPTIONS = ("idmap", "ridmap")
 # Flags a read-only or nosuid... bind mount needs a second, remounting call for.
 _REMOUNT_FLAGS = (libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
                   | libc.MS_NOATIME | libc.MS_NODIRATIME | libc.MS_RELATIME | libc.MS_STRICTATIME)
+_KEPT_ON_REMOUNT = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 
 _MAX_SYMLINKS = 255
 _AT_FDCWD = -100
@@ -331,9 +332,13 @@ def mount_one(rootfs: str, m: dict, cgroup_binds, tree: int | None = None) -> No
                                         what=destination)
                     with place.reopen() as top:
                         if flags & _REMOUNT_FLAGS:
-                            # A bind mount takes most flags only on a second, remounting call.
+                            # A bind mount takes most flags only on a second, remounting call,
+                            # which clears every flag it is not given: the source's nosuid,
+                            # nodev and noexec are given again, or a read-only bind of a noexec
+                            # mount would run its files (statvfs's ST_* bits are the MS_* ones).
+                            kept = os.statvfs(top.path).f_flag & _KEPT_ON_REMOUNT
                             libc.mount(None, top.path, None,
-                                       libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS))
+                                       libc.MS_BIND | libc.MS_REMOUNT | (flags & _REMOUNT_FLAGS) | kept)
                         if propagation:
                             libc.mount(None, top.path, None, propagation)
                         if attr_set or attr_clr:

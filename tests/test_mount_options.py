@@ -123,6 +123,26 @@ def test_a_plain_read_only_bind_leaves_its_submount_writable(pods, busybox, host
     assert "ro" in table["/mnt"] and "rw" in table["/mnt/sub"], table
 
 
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_a_read_only_bind_keeps_its_sources_noexec_nosuid_and_nodev(pods, busybox, tmp_path, handler):
+    # Remounting a bind read-only sets only the flags it is given: the host mount's noexec must
+    # not be lost on the way, or a program on it runs in the container.
+    source = tmp_path / "noexec"
+    source.mkdir()
+    libc.mount("tmpfs", str(source), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "size=4m,mode=0755")
+    try:
+        subprocess.run(["cp", "/bin/busybox", str(source / "program")], check=True)
+        pod = run_pod(pods, handler)
+        cid = pods.run(pod, busybox, ["sleep", "1000"],
+                       mounts=[pb.Mount(container_path="/mnt", host_path=str(source), readonly=True)])
+        out = pods.exec(cid, ["sh", "-c", "/mnt/program true"])
+        assert out.exit_code == 126 and b"Permission denied" in out.stderr, out
+        assert {"ro", "nosuid", "nodev", "noexec"} <= mount_table(pods, cid)["/mnt"]
+        pods.remove_pod(pod)
+    finally:
+        libc.umount(str(source), libc.MNT_DETACH)
+
+
 @needs_mount_setattr
 @pytest.mark.skipif(not OCI_RUNTIMES, reason="needs an OCI runtime that runs here: apt-get install runc")
 def test_the_mounts_are_the_same_under_every_executor(pods, busybox, host_tree):
