@@ -511,6 +511,13 @@ class Cgroup:
                                   "is its controller enabled?") from None
             raise CgroupNotFound(errno.ENOENT, f"cgroup {self.path} does not exist") from None
 
+    def oom_kills(self) -> int:
+        """How many of the cgroup's processes the OOM killer has killed: one file read, for a
+        shim deciding its container's exit reason (stats() reads six)."""
+        if mode() == "v2":
+            return parse_flat_keyed(_read(cast(str, self._file("memory", "memory.events")))).get("oom_kill", 0)
+        return parse_flat_keyed(_read(self._path("memory", "memory.oom_control"))).get("oom_kill", 0)
+
     def _stats_v1(self) -> CgroupStats:
         s = CgroupStats()
         s.cpu_usage_ns = int(_read(self._path("cpuacct", "cpuacct.usage")))
@@ -524,7 +531,7 @@ class Cgroup:
         s.major_page_faults = mem.get("total_pgmajfault", mem.get("pgmajfault", 0))
         limit = int(_read(self._path("memory", "memory.limit_in_bytes")))
         s.memory_limit = None if limit >= 1 << 62 else limit  # unlimited reads as the page counter's max
-        s.oom_kills = parse_flat_keyed(_read(self._path("memory", "memory.oom_control"))).get("oom_kill", 0)
+        s.oom_kills = self.oom_kills()
         pids = self._file("pids", "pids.current")
         if pids:
             s.pids_current = int(_read(pids))
@@ -543,7 +550,7 @@ class Cgroup:
         s.major_page_faults = mem.get("pgmajfault", 0)
         limit = _read(cast(str, self._file("memory", "memory.max"))).strip()
         s.memory_limit = None if limit == "max" else int(limit)
-        s.oom_kills = parse_flat_keyed(_read(cast(str, self._file("memory", "memory.events")))).get("oom_kill", 0)
+        s.oom_kills = self.oom_kills()
         s.pids_current = int(_read(cast(str, self._file("pids", "pids.current"))))
         return s
 

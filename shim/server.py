@@ -456,7 +456,7 @@ class Shim:
         if cgroup is None:
             return False
         try:
-            return cgroup.stats().oom_kills > 0  # the cgroup is the container's own, made for it
+            return cgroup.oom_kills() > 0  # the cgroup is the container's own, made for it
         except OSError:
             return False
 
