@@ -276,9 +276,8 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
             continue
         source = resolve_source(m.host_path, roots, m.container_path)
         _check_propagation(m, source)
-        options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw", *_rro(m)]
-        if m.readonly:
-            options += _kept_flags(source)
+        options = ["rbind", _PROPAGATION.get(m.propagation, "rprivate"), "ro" if m.readonly else "rw", *_rro(m),
+                   *_kept_flags(source)]
         binds.append({"destination": m.container_path, "type": "bind", "source": source, "options": options})
     for dest, source in volumes:
         if posixpath.normpath(dest) not in taken:
@@ -295,9 +294,9 @@ def mounts(config: pb.ContainerConfig, sandbox_files: list[pb.Mount], volumes: l
 
 
 def _kept_flags(source: str) -> list[str]:
-    """The source mount's nosuid, nodev and noexec, for a read-only bind of it: an executor makes
-    it read-only with a remount, which clears every flag it is not given (runc 1.1 does, and a
-    host's noexec mount bound read-only would run its files in the container)."""
+    """The source mount's nosuid, nodev and noexec, said again for a bind of it: an executor that
+    remounts a bind (to make it read-only, or crun always) sets only the flags it is given, and a
+    host's noexec mount bound read-only would run its files in the container (runc 1.1 did)."""
     try:
         flags = os.statvfs(source).f_flag
     except OSError:
