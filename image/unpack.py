@@ -33,9 +33,9 @@ from decimal import Decimal, InvalidOperation
 from typing import BinaryIO, cast
 from urllib.parse import unquote
 
-from .compression import LayerError, open_decompressed
-from .limits import HEADER_LIMIT, ImageLimits, LimitExceeded
-from .space import NO_SPACE, out_of_space
+from image.compression import LayerError, open_decompressed
+from image.limits import HEADER_LIMIT, ImageLimits, LimitExceeded
+from image.space import NO_SPACE, out_of_space
 
 __all__ = ["ImageLimits", "LayerError", "LimitExceeded", "UnpackResult", "UnsafeLayerError", "unpack_layer"]
 
