@@ -60,7 +60,7 @@ def serve(path: str) -> None:
         pass
     with channel.reachable(tmp) as name:
         listener.bind(name)
-    listener.listen(64)
+    listener.listen(socket.SOMAXCONN)  # a burst of pods connects at once
     os.replace(tmp, path)  # appears only once it takes connections
     inode = os.stat(path).st_ino
     listener.settimeout(IDLE_SECONDS)

@@ -5,6 +5,7 @@ zygote and the shims import: asyncio stays out of every shim.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 from collections.abc import Callable
@@ -46,6 +47,33 @@ async def _read_frame(sock: socket.socket) -> tuple[bytes, list[int]]:
             return frames[0], fds
 
 
+# How long a server whose backlog stays full is waited for before the call fails.
+CONNECT_WAIT_SECONDS = 30.0
+
+
+async def _connect(sock: socket.socket, name: str, path: str) -> None:
+    """Connect the non-blocking unix socket `sock` to `name`, waiting out a full backlog.
+
+    A unix socket never connects in the background: connect(2) succeeds, fails, or answers
+    EAGAIN when the listener's backlog is full. asyncio's sock_connect() takes that EAGAIN
+    for a connect in progress and returns an unconnected socket once it is writable (the
+    first send then fails with ENOTCONN), so a burst of calls — a hundred pods at once —
+    would fail some of them. Here EAGAIN means: try again shortly."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_WAIT_SECONDS
+    delay = 0.001
+    while True:
+        try:
+            sock.connect(name)
+            return
+        except BlockingIOError:
+            if loop.time() >= deadline:
+                raise OSError(errno.EAGAIN, f"the server at {path} took no connection for "
+                                            f"{CONNECT_WAIT_SECONDS:.0f}s: its backlog stayed full") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 async def call(path: str, payload: bytes, fds=()) -> bytes:
     """Send one request to the server listening at `path` and return its answer."""
     loop = asyncio.get_running_loop()
@@ -53,7 +81,7 @@ async def call(path: str, payload: bytes, fds=()) -> bytes:
     sock.setblocking(False)
     try:
         with channel.reachable(path) as name:
-            await loop.sock_connect(sock, name)
+            await _connect(sock, name, path)
         frame = encode(payload)
         if fds:
             # The descriptors ride on the first byte; a unix socket's buffer always takes one.

@@ -237,7 +237,7 @@ def _listen(path: str) -> socket.socket:
             sock.bind(name)
     finally:
         os.umask(old)
-    sock.listen(128)
+    sock.listen(socket.SOMAXCONN)  # a burst of pods and containers connects at once
     return sock
 
 
