@@ -29,6 +29,7 @@ from api.shim.v1 import shim_pb2 as pb
 from frames.channel import MAX_FDS
 from frames.framing import FrameError, FrameReader, encode
 from linux import libc
+from linux.crash_points import crash_point
 from shim.builtin import BuiltinExecutor
 from shim.cri_log import DEFAULT_LINE_MAX
 from shim.diag import diag
@@ -297,6 +298,7 @@ class Shim:
             self.state.status = pb.EXITED
             return pb.Response(error=self.start_error, state=self.state)
         self.state.status = pb.RUNNING
+        crash_point("shim.after_start")  # the process runs; cricketd has not heard
         return pb.Response(state=self.state)
 
     def _kill(self, req: pb.KillRequest) -> pb.Response:
