@@ -37,6 +37,17 @@ def unchanged_after(kube: Kube, ns: str, name: str, container_id: str, seconds: 
     assert kube.exec(ns, name, "echo", "alive").strip() == "alive"
 
 
+def test_the_node_is_ready_and_names_its_runtime(kube):
+    node = kube.get("node", s.NODE_NAME)
+    assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
+    version = node["status"]["nodeInfo"]["containerRuntimeVersion"]
+    if kube.runtime == "cricket":
+        from cri.runtime_service import RUNTIME_VERSION
+        assert version == f"cricket://{RUNTIME_VERSION}", version
+    else:
+        assert version.startswith(f"{kube.runtime}://"), version
+
+
 def test_the_runtime_killed_and_restarted_leaves_pods_running(kube, ns):
     container_id, sandbox_id = running_pod(kube, ns)
     cluster.restart_runtime(signal.SIGKILL)

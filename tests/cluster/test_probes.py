@@ -41,14 +41,17 @@ def test_a_failing_liveness_probe_restarts_the_container_keeping_its_previous_lo
     assert "Liveness probe failed" in events or "Unhealthy" in events, events
 
 
-def test_startup_probe_holds_liveness_until_it_passes(kube, ns):
+@pytest.mark.parametrize("kind", sorted(HANDLERS))
+def test_startup_probe_holds_liveness_until_it_passes(kube, ns, kind):
     # Starts slowly (6 s); a liveness probe that would fail meanwhile must not restart it.
     script = "sleep 6; mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p 8080 -h /www"
     kube.run_pod(ns, "slow", ["sh", "-c", script], container={
-        "startupProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 30},
+        "startupProbe": {**HANDLERS[kind], "periodSeconds": 1, "failureThreshold": 30},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, **FAST},
         "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
     })
     kube.wait_ready(ns, "slow", timeout=60)
     status = kube.container_status(ns, "slow")
     assert status["restartCount"] == 0 and status["started"] is True
+    events = kube.event_messages(ns, "slow")
+    assert "Startup probe failed" in events, events  # it did hold the others back for a while

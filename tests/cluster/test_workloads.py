@@ -3,9 +3,11 @@ rollouts, init containers, hooks, grace periods and restart policies."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 from tests.cluster.kube import BUSYBOX, BUSYBOX_V2, HTTPD, Kube
+from tools.cluster import settings as s
 
 
 def deployment(name: str, replicas: int, image: str = BUSYBOX) -> str:
@@ -108,10 +110,21 @@ def test_grace_period_sends_sigterm_then_sigkill(kube, ns):
                  terminationGracePeriodSeconds=3)
     kube.wait_ready(ns, "stubborn")
     uid = kube.pod(ns, "stubborn")["metadata"]["uid"]
-    start = time.monotonic()
-    kube.kubectl("-n", ns, "delete", "pod", "stubborn", "--wait=true", timeout=60)
-    took = time.monotonic() - start
+    # The container's output, followed until it ends, shows whether SIGTERM reached it.
+    follow = subprocess.Popen([s.binary("kubectl"), f"--kubeconfig={s.KUBECONFIG}", "-n", ns, "logs", "-f",
+                               "stubborn"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)  # let the follower attach before the signal comes
+        start = time.monotonic()
+        kube.kubectl("-n", ns, "delete", "pod", "stubborn", "--wait=true", timeout=60)
+        took = time.monotonic() - start
+        output, _ = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
     # Deleted only after the grace period (SIGTERM was ignored), and not much later (SIGKILL came).
+    assert "got TERM" in output, output
     assert 3 <= took < 30, took
     assert not [p for p in json.loads(kube.crictl("pods", "-o", "json").stdout)["items"]
                 if p["metadata"]["uid"] == uid and p["state"] == "SANDBOX_READY"]
