@@ -182,8 +182,10 @@ def leaks(d: Cricketd, network=None, seen: Seen | None = None, images_removed: b
         for path in (f"/cricket/{ident}",):
             if Cgroup(path).exists():
                 found.append(f"cgroup {path}")
+    # A killed process may take a moment to end: a PID namespace's init, say, waits for every
+    # process of its namespace to be reaped. What still runs after 10 s has leaked.
     deadline = time.monotonic() + 10
-    while family(d) and time.monotonic() < deadline:
+    while (family(d) or (seen is not None and seen.alive())) and time.monotonic() < deadline:
         time.sleep(0.05)
     found += [f"process {pid} ({name})" for pid, name in family(d)]
     if seen is not None:
