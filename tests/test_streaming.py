@@ -86,6 +86,19 @@ def test_ws_exec_streams_and_exit_code(pods, sleeper, protocol):
     assert yaml.safe_load(ok.peek_channel(ERROR)) == {"metadata": {}, "status": "Success"} and ok.returncode == 0
 
 
+def test_ws_exec_over_the_protocol_before_v4(pods, sleeper):
+    # What the API server passes through for a client offering only channel.k8s.io (Kubernetes'
+    # e2e spec "should support remote command execution over websockets"): the same channels,
+    # and an exit code said in words, not as a Status object.
+    client = run_ws(ws(exec_url(pods, sleeper, ["sh", "-c", "echo out; echo err >&2"]), "channel.k8s.io"))
+    assert client.subprotocol == "channel.k8s.io"
+    assert client.read_channel(STDOUT) == b"out\n" and client.read_channel(STDERR) == b"err\n"
+    assert client.peek_channel(ERROR) == b""
+    failed = run_ws(ws(exec_url(pods, sleeper, ["sh", "-c", "exit 3"]), "channel.k8s.io"))
+    words = failed.peek_channel(ERROR).decode()
+    assert "3" in words and not words.lstrip().startswith("{"), words
+
+
 def test_ws_exec_stdin_reaches_the_command_and_its_end_is_eof(pods, sleeper):
     client = ws(exec_url(pods, sleeper, ["sh", "-c", "cat; echo done"], stdin=True))
     client.write_stdin(b"line one\nline two\n")

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 SPDY_REMOTECOMMAND = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 SPDY_PORTFORWARD = ("portforward.k8s.io",)
-WS_REMOTECOMMAND = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+# channel.k8s.io: binary frames as in v4, errors as plain text; the API server still passes it
+# through to kubelet for clients that offer nothing newer (Kubernetes' own e2e specs do).
+WS_REMOTECOMMAND = ("v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io")
 WS_PORTFORWARD = ("v4.channel.k8s.io", "portforward.k8s.io")
 KINDS = {"exec": pb.ExecRequest, "attach": pb.AttachRequest, "portforward": pb.PortForwardRequest}
 
