@@ -25,7 +25,7 @@ export CRICKET_TOOLS_BIN := $(TOOLS_BIN)
 # The runtime under the cluster tests: cricket, or containerd to check a test against the peer.
 RUNTIME ?= cricket
 
-.PHONY: install run test unit lint fuzz bench test-cgroup2 proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test
+.PHONY: install run test unit lint fuzz bench test-cgroup2 proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test e2e
 
 install: deps-run $(VENV)/.installed proto
 	$(VENV)/bin/cricket-cni-install
@@ -46,6 +46,12 @@ critest: deps-test install go-tools
 
 cluster: deps-test install go-tools
 	$(VENV)/bin/python -m tools.cluster up --runtime $(RUNTIME)
+
+# Kubernetes' e2e node-conformance specs on the cluster (RUNTIME=cricket|containerd);
+# ARGS="--smoke" for the CI-sized selection, ARGS="--focus REGEX" for your own.
+e2e: deps-test deps-bench install go-tools
+	@tools/build-go-tools.sh $(TOOLS_BIN) e2e
+	$(VENV)/bin/python -m tools.e2e --runtime $(RUNTIME) $(ARGS)
 
 cluster-down: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.cluster down

@@ -4,7 +4,7 @@
 # command from the versions the go.mod files pin. A module whose go.mod, go.sum and sources
 # are unchanged since its last build is skipped.
 #
-# Usage: tools/build-go-tools.sh BIN_DIR
+# Usage: tools/build-go-tools.sh BIN_DIR [e2e]   (e2e: also the e2e suite and agnhost, for make e2e)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: build-go-tools.sh BIN_DIR}
@@ -53,5 +53,20 @@ build_k8s() {
   go build "${flags[@]}" -o "$bin/coredns" ./coredns
 }
 
+build_e2e() {
+  # Kubernetes' e2e suite, a compiled test binary as its Makefile makes it, and agnhost, the
+  # image most of its specs run (tools/e2e lays it into an image).
+  go test -c "${flags[@]}" -o "$bin/e2e.test" k8s.io/kubernetes/test/e2e
+  go build "${flags[@]}" -o "$bin/agnhost" k8s.io/kubernetes/test/images/agnhost
+  # The key pair agnhost's image carries at /localhost.crt and /localhost.key (its https servers).
+  local porter
+  porter="$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter"
+  install -m 0644 "$porter/localhost.crt" "$bin/agnhost-localhost.crt"
+  install -m 0644 "$porter/localhost.key" "$bin/agnhost-localhost.key"
+}
+
 build cri-tools "$here/cri-tools" crictl critest
 build k8s "$here/k8s" kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns
+if [ "${2:-}" = e2e ]; then
+  build e2e "$here/k8s" e2e.test agnhost agnhost-localhost.crt agnhost-localhost.key
+fi
