@@ -13,11 +13,12 @@ import pytest
 
 from cri.sandbox_lifecycle import CGROUP_ROOT
 from linux.cgroups import Cgroup
-from tests.daemon import need_root
+from tests.daemon import need_root, registry_config
 from tests.fixtures import images
 from tests.fixtures.proxy import Proxy
 from tests.fixtures.registry import REGISTRY_BINARY, start_registry
 from tests.fixtures.tokenserver import TokenServer
+from tests.pods import serving
 
 USER = ("alice", "wonderland")
 
@@ -137,3 +138,12 @@ def network(ip_forward_kept, tmp_path):
     net.write()
     yield net
     net.remove()
+
+
+@pytest.fixture(scope="module")
+def daemon(registry, test_images, tmp_path_factory):
+    """A cricketd of the test module's own, with busybox pulled. Modules that need another
+    daemon (other config, other images) define their own `daemon`."""
+    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry),
+                 [test_images["busybox"].reference(registry)]) as d:
+        yield d

@@ -39,15 +39,8 @@ import pytest
 from api.runtime.v1 import api_pb2 as pb
 from cri import oci_spec
 from linux import libc, mounts
-from tests.daemon import need_root, registry_config
-from tests.pods import Pods, rpc_error, serving
-
-
-@pytest.fixture(scope="module")
-def daemon(registry, test_images, tmp_path_factory):
-    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry),
-                 [test_images["busybox"].reference(registry)]) as d:
-        yield d
+from tests.daemon import need_root
+from tests.pods import Pods, rpc_error
 
 
 @pytest.fixture

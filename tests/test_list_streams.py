@@ -17,21 +17,13 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
-from tests.daemon import registry_config
-from tests.pods import Pods, rpc_error, serving
+from tests.pods import Pods, rpc_error
 
 GRPC_DEFAULT_RECEIVE = 4 * 2**20  # what a gRPC client accepts unless told otherwise
 # A node's worth of containers: 5,000 (CRICKET_TEST_MANY=5000) take some minutes to create here,
 # so by default fewer, each made heavier by an annotation, fill the same 6 MiB.
 MANY = int(os.environ.get("CRICKET_TEST_MANY", "400"))
 LISTED_BYTES = 6 * 2**20
-
-
-@pytest.fixture(scope="module")
-def daemon(registry, test_images, tmp_path_factory):
-    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry),
-                 [test_images["busybox"].reference(registry)]) as d:
-        yield d
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from api.runtime.v1 import api_pb2 as pb
 from cri.config import Config, runtime_handlers
 from linux import libc
 from linux.mounts import mount_of
-from tests.daemon import registry_config
-from tests.pods import Pods, rpc_error, serving
+from tests.pods import Pods, rpc_error
 
 OCI_RUNTIMES = runtime_handlers(Config())  # what a daemon with no [runtimes] table offers here
 HANDLERS = ["", *OCI_RUNTIMES]
@@ -32,13 +31,6 @@ KUBELET_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sy
 
 needs_mount_setattr = pytest.mark.skipif(not libc.has_mount_setattr(),
                                          reason="needs mount_setattr(2): Linux 5.12 or later")
-
-
-@pytest.fixture(scope="module")
-def daemon(registry, test_images, tmp_path_factory):
-    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry),
-                 [test_images["busybox"].reference(registry)]) as d:
-        yield d
 
 
 @pytest.fixture

@@ -19,19 +19,11 @@ import pytest
 
 from api.runtime.v1 import api_pb2 as pb
 from cri.config import Config, runtime_handlers
-from tests.daemon import registry_config
-from tests.pods import Pods, rpc_error, serving
+from tests.pods import Pods, rpc_error
 
 HOST_UID, HOST_GID, LENGTH = 200000, 300000, 65536
 OCI_RUNTIMES = runtime_handlers(Config())
 _NS_GET_USERNS = 0xB701  # ioctl(2) on a namespace file: its owning user namespace (linux/nsfs.h)
-
-
-@pytest.fixture(scope="module")
-def daemon(registry, test_images, tmp_path_factory):
-    with serving(str(tmp_path_factory.mktemp("cricketd")), registry_config(registry),
-                 [test_images["busybox"].reference(registry)]) as d:
-        yield d
 
 
 @pytest.fixture
