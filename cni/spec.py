@@ -123,7 +123,7 @@ def load_network_config(path: str) -> dict:
     try:
         with open(path) as f:
             doc = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise CniError(DECODE_FAILURE, f"network config {path} is unreadable", str(e)) from None
     if not isinstance(doc, dict):
         raise CniError(INVALID_CONFIG, f"network config {path} is not a JSON object")

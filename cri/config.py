@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import tomllib
@@ -105,6 +106,8 @@ class Config:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+# The numbers with a ceiling of their own besides being at least 0: a ratio, a TCP port.
+_MAXIMA = {"tracing.sampling_ratio": 1.0, "streaming.port": 65535}
 
 
 def _build(cls, table: dict, where: str):
@@ -143,12 +146,16 @@ def _build(cls, table: dict, where: str):
         elif isinstance(default, (int, float)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name}: want a number, got {value!r}")
+            if not math.isfinite(value):  # TOML spells inf and nan; no key means either
+                raise ConfigError(f"{name}: want a finite number, got {value!r}")
             if isinstance(default, int) and value != int(value):
                 # int() would cut 0.5 to 0: a bound of nothing, or no downloads at all.
                 raise ConfigError(f"{name}: want a whole number, got {value!r}")
             # 0 means "off" or "any" for the keys whose default is 0; elsewhere it is no value at all.
             if value < 0 or (value == 0 and default != 0):
                 raise ConfigError(f"{name}: must be {'at least 0' if default == 0 else 'positive'}, got {value!r}")
+            if name in _MAXIMA and value > _MAXIMA[name]:
+                raise ConfigError(f"{name}: must be at most {_MAXIMA[name]}, got {value!r}")
             value = type(default)(value)
         elif isinstance(default, list):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -213,6 +220,8 @@ def load(path: str | None, overrides: dict | None = None) -> Config:
                 raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
+        except RecursionError:  # tomllib recurses once per nested array or inline table
+            raise ConfigError(f"config file {path}: arrays or tables nested too deeply") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"config file {path} is not UTF-8 text, as TOML must be: {e}") from None
     for key, value in (overrides or {}).items():

@@ -258,7 +258,7 @@ def load_localhost(path: str, capabilities: Iterable[str] = (), *, kernel: tuple
         raise ValueError(f"seccomp profile {path}: cannot read it: {e.strerror}") from None
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"seccomp profile {path}: not valid JSON: {e}") from None
     try:
         profile = _settle_docker(doc, {c.upper() for c in capabilities},

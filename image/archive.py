@@ -214,7 +214,7 @@ class ArchiveSource:
     def _json(self, name: str, want: type):
         try:
             doc = json.loads(self._read_small(self._path(name), name))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise ArchiveError(f"{name} is not JSON: {e}") from None
         if not isinstance(doc, want):
             raise ArchiveError(f"{name} is not a JSON {'object' if want is dict else 'array'}")

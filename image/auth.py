@@ -246,7 +246,7 @@ def parse_token_response(body: bytes, now: float) -> Token:
     """Read a token server's JSON answer; `now` is the clock the expiry is measured on."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AuthError("token server answered with something that is not JSON") from None
     if not isinstance(doc, dict):
         raise AuthError("token server answered with JSON that is not an object")

@@ -129,7 +129,7 @@ def parse_manifest(data: bytes, media_type: str | None) -> Manifest | Index:
     """Parse and validate a manifest or index served with Content-Type `media_type`."""
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ManifestError(f"manifest is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")
@@ -247,7 +247,7 @@ def parse_config(data: bytes) -> dict:
     ways that name nothing."""
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ManifestError(f"image config is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ManifestError("image config is not a JSON object")

@@ -144,7 +144,7 @@ def error_words(body: bytes, limit: int = 400) -> str:
         return ""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return _clip(" ".join(body.decode("utf-8", "replace").split()), limit)
     if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
         parts = []
@@ -233,7 +233,7 @@ def _media_type_of(data: bytes, content_type: str | None) -> str:
         doc = json.loads(data)
         if isinstance(doc, dict):
             return detect_media_type(doc, content_type)
-    except (ValueError, UnicodeDecodeError, ManifestError):
+    except (ValueError, UnicodeDecodeError, RecursionError, ManifestError):
         pass
     # Unreadable: pass the header on and let parse_manifest say what is wrong.
     return (content_type or "").split(";", 1)[0].strip()

@@ -234,3 +234,44 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
     path.write_bytes(CONFIG_NOT_UTF8)
     with pytest.raises(ConfigError, match=f"config file {path} is not UTF-8"):
         load_config(str(path))
+
+
+# -- config: numbers that are not finite, arrays nested past the recursion limit -------------------
+# TOML spells inf and nan: int() of them let OverflowError and ValueError out of load(); tomllib
+# recurses once per nested array, so a deep one was a RecursionError. Found by CI's fuzzing.
+
+@pytest.mark.parametrize("text, words", [
+    ("image = { max_concurrent_downloads = inf }", "image.max_concurrent_downloads: want a finite number, got inf"),
+    ("image = { pull_retries = nan }", "image.pull_retries: want a finite number, got nan"),
+    ("tracing = { sampling_ratio = -inf }", "tracing.sampling_ratio: want a finite number, got -inf"),
+    ("tracing = { sampling_ratio = 1.5 }", "tracing.sampling_ratio: must be at most 1.0, got 1.5"),
+    ("streaming = { port = 65536 }", "streaming.port: must be at most 65535, got 65536"),
+    ("socket = " + "[" * 1200 + "]" * 1200, "nested too deeply"),
+])
+def test_a_config_number_out_of_range_or_nesting_too_deep_is_a_config_error(tmp_path, text, words):
+    path = tmp_path / "config.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=words):
+        load_config(str(path))
+
+
+# -- JSON nested past the recursion limit ---------------------------------------------------------
+# json.loads raises RecursionError, no ValueError, for some thousand nested arrays: a manifest, an
+# image config or an archive's manifest.json of a kilobyte failed a pull or a load as INTERNAL.
+
+DEEP_JSON = b"[" * 5000 + b"]" * 5000
+
+
+def test_json_nested_too_deeply_is_each_parsers_own_error(tmp_path):
+    from image.manifest import ManifestError, parse_config, parse_manifest
+    with pytest.raises(ManifestError, match="manifest is not valid JSON"):
+        parse_manifest(DEEP_JSON, None)
+    with pytest.raises(ManifestError, match="image config is not valid JSON"):
+        parse_config(DEEP_JSON)
+    profile = tmp_path / "profile.json"
+    profile.write_bytes(DEEP_JSON)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_localhost(str(profile), (), kernel=(5, 15), machine="x86_64")
+    from image.auth import AuthError, parse_token_response
+    with pytest.raises(AuthError, match="not JSON"):
+        parse_token_response(DEEP_JSON, 0.0)
