@@ -17,6 +17,8 @@ ADMIN_STUBS := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py
 RUN_DEBS   := iproute2 iptables libseccomp2
 TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun containernetworking-plugins criu
 BENCH_DEBS := containerd runc
+# What the e2e images take from the host for agnhost (tests/fixtures/images.py, E2E_HOST_TOOLS).
+E2E_DEBS   := curl netcat-openbsd iproute2 bash
 
 # The Go tools the tests drive (crictl, critest, the Kubernetes binaries, etcd, CoreDNS), built
 # from the go.mod files under tools/ into a directory git ignores.
@@ -25,7 +27,7 @@ export CRICKET_TOOLS_BIN := $(TOOLS_BIN)
 # The runtime under the cluster tests: cricket, or containerd to check a test against the peer.
 RUNTIME ?= cricket
 
-.PHONY: install run test unit lint fuzz bench test-cgroup2 proto deps-run deps-test deps-bench clean go-tools critest cluster cluster-down cluster-test e2e
+.PHONY: install run test unit lint fuzz bench test-cgroup2 proto deps-run deps-test deps-bench deps-e2e clean go-tools critest cluster cluster-down cluster-test e2e
 
 install: deps-run $(VENV)/.installed proto
 	$(VENV)/bin/cricket-cni-install
@@ -49,7 +51,7 @@ cluster: deps-test install go-tools
 
 # Kubernetes' e2e node-conformance specs on the cluster (RUNTIME=cricket|containerd);
 # ARGS="--smoke" for the CI-sized selection, ARGS="--focus REGEX" for your own.
-e2e: deps-test deps-bench install go-tools
+e2e: deps-test deps-bench deps-e2e install go-tools
 	@tools/build-go-tools.sh $(TOOLS_BIN) e2e
 	$(VENV)/bin/python -m tools.e2e --runtime $(RUNTIME) $(ARGS)
 
@@ -78,7 +80,7 @@ FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.installed proto
 	$(VENV)/bin/python -m fuzz --seconds $(FUZZ_SECONDS) $(ARGS)
 
-bench: deps-test deps-bench install
+bench: deps-test deps-bench install go-tools
 	$(VENV)/bin/python -m bench $(ARGS)
 
 proto: $(STUBS) $(SHIM_STUBS) $(ADMIN_STUBS)
@@ -107,6 +109,9 @@ deps-test:
 
 deps-bench:
 	@./.ci/apt-install $(BENCH_DEBS)
+
+deps-e2e:
+	@./.ci/apt-install $(E2E_DEBS)
 
 clean:
 	rm -rf $(VENV) api/*/v1/*_pb2*.py api/*/v1/*_pb2*.pyi *.egg-info .mypy_cache .ruff_cache

@@ -5,7 +5,9 @@ through its mirrors.
 agnhost is the real one: its binary is built from `k8s.io/kubernetes/test/images/agnhost` at the
 pinned Kubernetes version (tools/build-go-tools.sh), laid on the busybox stand-in with what its
 Dockerfile adds that specs rely on (`/agnhost` and the `agnhost-2` link, `/uploads`, the
-image-defined user and group, entrypoint `/agnhost`, command `pause`). busybox and pause are the
+image-defined user and group, entrypoint `/agnhost`, command `pause`, and the tools its base
+installs that specs run inside it: curl, netcat-openbsd's nc, iproute2's ip and ss, and bash,
+taken from this host's Debian packages with their shared libraries). busybox and pause are the
 stand-ins the cluster already uses; nginx is busybox's httpd serving nginx's document root on 80;
 nonroot is busybox with image user 1234
 (tests/fixtures/images.py builds them). The versions are those of `test/utils/image/manifest.go` in Kubernetes 1.36.
