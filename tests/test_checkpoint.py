@@ -49,3 +49,41 @@ def test_without_a_working_criu_the_answer_quotes_criu_and_writes_nothing(runnin
     assert last.split(": ", 1)[-1][:40] in e.details(), (last, e.details())
     assert not os.path.exists(archive)
     assert pods.status(cid).status.state == pb.CONTAINER_RUNNING  # the container runs on
+
+
+def test_pod_checkpoint_and_restore_check_their_request_then_say_the_cri_has_not_settled_them(running, tmp_path):
+    pods, cid = running
+    pod = next(c.pod_sandbox_id for c in pods.rt.ListContainers(pb.ListContainersRequest()).containers if c.id == cid)
+    archive = str(tmp_path / "pod.tar")
+    e = rpc_error(pods.rt.CheckpointPod, pb.CheckpointPodRequest(pod_sandbox_id="f" * 64, output_path=archive))
+    assert e.code() == grpc.StatusCode.NOT_FOUND
+    e = rpc_error(pods.rt.CheckpointPod, pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path="pod.tar"))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "output_path 'pod.tar'" in e.details()
+    other = pods.run_pod()
+    e = rpc_error(pods.rt.CheckpointPod, pb.CheckpointPodRequest(pod_sandbox_id=other, container_ids=[cid],
+                                                                 output_path=archive))
+    assert e.code() == grpc.StatusCode.NOT_FOUND and f"container {cid} is not in pod sandbox {other}" in e.details()
+    e = rpc_error(pods.rt.CheckpointPod, pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path=archive))
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "KEP-5823" in e.details()
+    e = rpc_error(pods.rt.RestorePod, pb.RestorePodRequest(checkpoint_path=""))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "checkpoint_path is empty" in e.details()
+    e = rpc_error(pods.rt.RestorePod, pb.RestorePodRequest(checkpoint_path=archive))
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "KEP-5823" in e.details()
+    assert not os.path.exists(archive)
+    assert pods.status(cid).status.state == pb.CONTAINER_RUNNING
+
+
+def test_a_restore_through_create_container_is_refused_before_anything_is_made(running, tmp_path):
+    """CreateContainer whose image is a checkpoint archive on the host (how CRI-O and containerd
+    are asked to restore) needs CRIU: FailedPrecondition with the reason, no container made."""
+    pods, cid = running
+    archive = tmp_path / "checkpoint.tar"
+    archive.write_bytes(b"not looked at: CRIU is asked first")
+    pod = next(c.pod_sandbox_id for c in pods.rt.ListContainers(pb.ListContainersRequest()).containers if c.id == cid)
+    before = {c.id for c in pods.rt.ListContainers(pb.ListContainersRequest()).containers}
+    config = pods.container_config(str(archive), name="restored")
+    e = rpc_error(pods.rt.CreateContainer, pb.CreateContainerRequest(
+        pod_sandbox_id=pod, config=config, sandbox_config=pb.PodSandboxConfig()))
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e.details()
+    assert f"restoring container 'restored' from checkpoint archive {archive}" in e.details()
+    assert {c.id for c in pods.rt.ListContainers(pb.ListContainersRequest()).containers} == before

@@ -44,6 +44,28 @@ def test_runtime_config_says_cgroupfs(daemon):
     assert r.linux.cgroup_driver == pb.CGROUPFS
 
 
+def test_update_runtime_config_records_the_pod_cidrs_across_a_restart(daemon):
+    def status():
+        s = daemon.runtime.Status(pb.StatusRequest(verbose=True))
+        return {c.type: c.status for c in s.status.conditions}, json.loads(s.info["podCIDRs"])
+
+    assert status() == ({"RuntimeReady": True, "NetworkReady": True}, [])
+    update = pb.UpdateRuntimeConfigRequest(runtime_config=pb.RuntimeConfig(
+        network_config=pb.NetworkConfig(pod_cidr="10.244.7.1/24,fd00:10:244:7::/64")))
+    daemon.runtime.UpdateRuntimeConfig(update)
+    # The host bits dropped, as Go's ParseCIDR does; the network as ready as before.
+    want = ({"RuntimeReady": True, "NetworkReady": True}, ["10.244.7.0/24", "fd00:10:244:7::/64"])
+    assert status() == want
+    # An empty one (a node without CIDRs yet) changes nothing; a bad one is refused naming it.
+    daemon.runtime.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest())
+    with pytest.raises(grpc.RpcError) as e:
+        daemon.runtime.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest(runtime_config=pb.RuntimeConfig(
+            network_config=pb.NetworkConfig(pod_cidr="10.244.7.0"))))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'10.244.7.0' is not a CIDR" in e.value.details()
+    daemon.restart(signal.SIGKILL)  # kubelet sends them again only when they change
+    assert status() == want
+
+
 def test_every_call_is_served_even_the_newest(daemon):
     # CheckpointContainer checks its request before it asks whether CRIU works here.
     with pytest.raises(grpc.RpcError) as e:

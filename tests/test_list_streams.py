@@ -113,3 +113,51 @@ def test_thousands_of_containers_pass_the_list_limit_and_stream_whole(daemon, po
     print(f"\n{MANY} containers: created in {created:.1f}s; List answer {listed_bytes} bytes "
           f"(over gRPC's default {GRPC_DEFAULT_RECEIVE}); streamed in {len(pages)} pages in {streamed:.2f}s; "
           f"pod removed in {removed:.1f}s")
+
+
+def test_each_stream_call_answers_what_its_list_call_does(daemon, pods, busybox):
+    """Every Stream call beside its List call, unfiltered and with a filter, on two running pods."""
+    rt, images = daemon.runtime, daemon.images
+    made = []
+    for name in ("stream-a", "stream-b"):
+        config = pods.pod_config(name=name)
+        config.labels["which"] = name
+        pod = pods.run_pod(config)
+        made.append((pod, pods.run(pod, busybox, ["sleep", "1000"])))
+    (pod_a, cid_a), _ = made
+
+    def items(pages, field) -> list:
+        return [item for page in pages for item in getattr(page, field)]
+
+    by_id = lambda xs: sorted(xs, key=lambda x: x.id)  # noqa: E731
+    assert by_id(items(stream(rt.StreamPodSandboxes, pb.StreamPodSandboxesRequest()), "pod_sandboxes")) == \
+        by_id(rt.ListPodSandbox(pb.ListPodSandboxRequest()).items)
+    selected = items(stream(rt.StreamPodSandboxes, pb.StreamPodSandboxesRequest(
+        filter=pb.PodSandboxFilter(label_selector={"which": "stream-a"}))), "pod_sandboxes")
+    assert [p.id for p in selected] == [pod_a]
+
+    assert by_id(items(stream(rt.StreamContainers, pb.StreamContainersRequest()), "containers")) == \
+        by_id(rt.ListContainers(pb.ListContainersRequest()).containers)
+
+    assert sorted(i.id for i in items(stream(images.StreamImages, pb.StreamImagesRequest()), "images")) == \
+        sorted(i.id for i in images.ListImages(pb.ListImagesRequest()).images)
+    one = items(stream(images.StreamImages, pb.StreamImagesRequest(filter=pb.ImageFilter(
+        image=pb.ImageSpec(image=busybox)))), "images")
+    assert [i.id for i in one] == [daemon.status(busybox).image.id]
+
+    # Stats differ from call to call (CPU, time): compare whose they are.
+    stats = items(stream(rt.StreamContainerStats, pb.StreamContainerStatsRequest()), "container_stats")
+    assert sorted(s.attributes.id for s in stats) == \
+        sorted(s.attributes.id for s in rt.ListContainerStats(pb.ListContainerStatsRequest()).stats)
+    stats = items(stream(rt.StreamContainerStats, pb.StreamContainerStatsRequest(
+        filter=pb.ContainerStatsFilter(pod_sandbox_id=pod_a))), "container_stats")
+    assert [s.attributes.id for s in stats] == [cid_a] and stats[0].cpu.timestamp
+    stats = items(stream(rt.StreamPodSandboxStats, pb.StreamPodSandboxStatsRequest()), "pod_sandbox_stats")
+    assert sorted(s.attributes.id for s in stats) == sorted(p for p, _ in made)
+    stats = items(stream(rt.StreamPodSandboxStats, pb.StreamPodSandboxStatsRequest(
+        filter=pb.PodSandboxStatsFilter(id=pod_a))), "pod_sandbox_stats")
+    assert [s.attributes.id for s in stats] == [pod_a]
+    metrics = items(stream(rt.StreamPodSandboxMetrics, pb.StreamPodSandboxMetricsRequest()), "pod_sandbox_metrics")
+    assert sorted(m.pod_sandbox_id for m in metrics) == \
+        sorted(m.pod_sandbox_id for m in rt.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest()).pod_metrics)
+    assert {p for p, _ in made} <= {m.pod_sandbox_id for m in metrics}

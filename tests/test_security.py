@@ -346,6 +346,12 @@ def test_negative_oom_score_adj_is_clamped_not_refused(pods, busybox):
             ),
             "AppArmor",
         ),
+        (
+            lambda c: c.linux.security_context.selinux_options.CopyFrom(
+                pb.SELinuxOption(user="system_u", role="system_r", type="container_t", level="s0:c1,c2")
+            ),
+            "selinux_options",
+        ),
         (lambda c: setattr(c.linux.security_context, "privileged", True), "privileged"),
     ],
 )
