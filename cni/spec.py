@@ -62,7 +62,7 @@ def result_for_version(result: dict, version: str) -> dict:
     out = json.loads(json.dumps(result))
     out["cniVersion"] = version
     if _version_tuple(version) < (1, 0, 0):
-        for ip in out.get("ips", ()):
+        for ip in out.get("ips") or ():
             ip["version"] = "6" if ":" in ip["address"] else "4"
     return out
 
@@ -71,7 +71,7 @@ def result_from_any(result: dict) -> dict:
     """A result of any supported version in the 1.0.0 shape (what a chain passes along), checked
     where Cricket reads it (check_result): raises CniError for one of the wrong shape."""
     out = json.loads(json.dumps(check_result(result)))
-    for ip in out.get("ips", ()):
+    for ip in out.get("ips") or ():
         ip.pop("version", None)
     out["cniVersion"] = "1.0.0"
     return out

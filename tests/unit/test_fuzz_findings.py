@@ -275,3 +275,14 @@ def test_json_nested_too_deeply_is_each_parsers_own_error(tmp_path):
     from image.auth import AuthError, parse_token_response
     with pytest.raises(AuthError, match="not JSON"):
         parse_token_response(DEEP_JSON, 0.0)
+
+
+# -- cni: a result whose ips is null -----------------------------------------------------------
+# check_result takes a null list as an absent one, but result_from_any then iterated the null:
+# TypeError, where a plugin printing {"ips": null} should give a pod no address, not a crash.
+
+def test_a_cni_result_with_null_ips_reads_as_one_without_addresses():
+    from cni.spec import result_for_version, result_from_any, result_ips
+    result = result_from_any({"ips": None})
+    assert result["cniVersion"] == "1.0.0" and result_ips(result, "eth0") == []
+    assert result_from_any(result_for_version(result, "0.4.0")) == result
