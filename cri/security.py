@@ -199,11 +199,18 @@ def _host_has(lsm_enabled: bool, name: str) -> str:
     return f"this host has {name}, but" if lsm_enabled else f"{name} is not enabled on this host, and"
 
 
+def selinux_enabled() -> bool:
+    """Whether the kernel enforces SELinux here: selinuxfs is mounted (go-selinux asks the same)."""
+    return os.path.exists("/sys/fs/selinux/enforce")
+
+
 def check_lsm(ctx: pb.LinuxContainerSecurityContext) -> None:
-    """AppArmor and SELinux: unconfined (or nothing) is the only answer Cricket can keep. It
-    loads no AppArmor profile and sets no SELinux label, on any host: a profile or a label asked
-    for is refused rather than silently not applied (a container the caller believes confined
-    would run unconfined)."""
+    """AppArmor and SELinux: Cricket loads no AppArmor profile and sets no SELinux label. A
+    profile asked for is refused rather than silently not applied (a container the caller believes
+    confined would run unconfined); kubelet asks for one only where the node has AppArmor. An
+    SELinux label is refused where SELinux is enabled, for the same reason; where it is not, a
+    label confines nothing under any runtime, and kubelet passes a pod's seLinuxOptions on
+    whatever the node: it is accepted and left unapplied, as containerd and CRI-O do."""
     profile = ctx.apparmor
     wants = ""
     if ctx.HasField("apparmor") and profile.profile_type != pb.SecurityProfile.Unconfined:
@@ -216,10 +223,9 @@ def check_lsm(ctx: pb.LinuxContainerSecurityContext) -> None:
                               f"{_host_has(_apparmor_enabled(), 'AppArmor')} Cricket applies no AppArmor "
                               "profile: only unconfined is possible")
     sel = ctx.selinux_options
-    if sel.user or sel.role or sel.level or (sel.type and "unconfined" not in sel.type):
-        raise InvalidArgument(f"security_context.selinux_options: SELinux labels asked for; "
-                              f"{_host_has(os.path.isdir('/sys/fs/selinux'), 'SELinux')} Cricket sets no "
-                              "SELinux label")
+    if (sel.user or sel.role or sel.level or (sel.type and "unconfined" not in sel.type)) and selinux_enabled():
+        raise InvalidArgument("security_context.selinux_options: SELinux labels asked for; this host has "
+                              "SELinux, but Cricket sets no SELinux label")
 
 
 def seccomp(ctx: pb.LinuxContainerSecurityContext, capabilities: list[str]) -> dict | None:
