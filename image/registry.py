@@ -12,6 +12,7 @@ import asyncio
 import copy
 import email.utils
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -213,11 +214,26 @@ def blob_url(base: str, path: str, digest: str) -> str:
     return f"{base}/v2/{path}/blobs/{digest}"
 
 
+def scheme_of(host: str, cfg: HostConfig | None) -> str:
+    """How to reach `host` (a domain, with its port if any): plain HTTP where its config says
+    insecure, and — as containerd does — where it is a loopback host the config does not name
+    (localhost:5000 is a registry on the node itself, Kubernetes' e2e specs run one there);
+    HTTPS everywhere else."""
+    if cfg is not None:
+        return "http" if cfg.insecure else "https"
+    name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    try:
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    return "http" if loopback else "https"
+
+
 def _endpoint_base(url: str, hosts: dict[str, HostConfig]) -> str:
     """A mirror URL as a base to append /v2/... to: scheme added, trailing /v2 and / dropped."""
     if "://" not in url:
-        cfg = hosts.get(url.split("/", 1)[0])
-        url = ("http://" if cfg and cfg.insecure else "https://") + url
+        host = url.split("/", 1)[0]
+        url = f"{scheme_of(host, hosts.get(host))}://{url}"
     url = url.rstrip("/")
     if url.endswith("/v2"):
         url = url[:-3]
@@ -405,7 +421,7 @@ class RegistryClient:
         if domain == DOCKER_HUB:
             upstream = DOCKER_HUB_UPSTREAM
         else:
-            upstream = ("http://" if cfg and cfg.insecure else "https://") + domain
+            upstream = f"{scheme_of(domain, cfg)}://{domain}"
         out.append(_Endpoint(upstream, urllib.parse.urlsplit(upstream).netloc, cfg, False))
         for ep in out:
             self._endpoint_tls.setdefault(ep.host, ep.tls)
