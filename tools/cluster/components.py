@@ -18,7 +18,7 @@ def _write(path: str, text: str) -> str:
 
 
 def registry() -> list[str]:
-    """Debian's docker-registry on the node: 127.0.0.1:5000 to the runtime, NODE_IP:5000 to the host."""
+    """Debian's docker-registry on the node: 127.0.0.1:5001 to the runtime, NODE_IP:5001 to the host."""
     config = _write(s.path("registry", "config.yml"), f"""version: 0.1
 log:
   level: warn

@@ -31,7 +31,8 @@ CLUSTER_DOMAIN = "cluster.local"
 
 API_PORT = 6443
 ETCD_PORT = 2379
-REGISTRY_PORT = 5000
+# Not 5000: Kubernetes' private-registry e2e specs run a registry pod on the node's port 5000.
+REGISTRY_PORT = 5001
 KUBELET_PORT = 10250
 
 # Registries the images are named after; the runtime reaches each through the node's registry.
