@@ -4,7 +4,7 @@
 # command from the versions the go.mod files pin. A module whose go.mod, go.sum and sources
 # are unchanged since its last build is skipped.
 #
-# Usage: tools/build-go-tools.sh BIN_DIR [e2e]   (e2e: also the e2e suite and agnhost, for make e2e)
+# Usage: tools/build-go-tools.sh BIN_DIR [e2e]   (e2e: also the e2e suite, agnhost and ginkgo, for make e2e)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: build-go-tools.sh BIN_DIR}
@@ -21,7 +21,7 @@ stamp() { (cd "$1" && cat go.mod go.sum $(find . -name '*.go' | sort) | sha256su
 # fresh NAME MODULE_DIR BINARIES...: true when every binary exists and the stamp matches.
 fresh() {
   local name=$1 dir=$2; shift 2
-  for b in "$@"; do [ -x "$bin/$b" ] || return 1; done
+  for b in "$@"; do [ -f "$bin/$b" ] || return 1; done  # -f: the key pair is no executable
   [ "$(cat "$bin/.$name.stamp" 2>/dev/null)" = "$(stamp "$dir")" ]
 }
 
@@ -58,6 +58,8 @@ build_e2e() {
   # image most of its specs run (tools/e2e lays it into an image).
   go test -c "${flags[@]}" -o "$bin/e2e.test" k8s.io/kubernetes/test/e2e
   go build "${flags[@]}" -o "$bin/agnhost" k8s.io/kubernetes/test/images/agnhost
+  # Ginkgo's command, which runs the suite's specs in parallel processes, at the version the suite uses.
+  go build "${flags[@]}" -o "$bin/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
   # The key pair agnhost's image carries at /localhost.crt and /localhost.key (its https servers).
   local porter
   porter="$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter"
@@ -68,5 +70,5 @@ build_e2e() {
 build cri-tools "$here/cri-tools" crictl critest
 build k8s "$here/k8s" kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns
 if [ "${2:-}" = e2e ]; then
-  build e2e "$here/k8s" e2e.test agnhost agnhost-localhost.crt agnhost-localhost.key
+  build e2e "$here/k8s" e2e.test agnhost ginkgo agnhost-localhost.crt agnhost-localhost.key
 fi

@@ -9,6 +9,9 @@ import sys
 from tools.cluster import settings as s
 from tools.e2e import run
 
+# Specs mostly wait (for pods, for namespaces to go): on this 2-core machine four share it well.
+PROCS = 4
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.e2e", description=__doc__.splitlines()[0])
@@ -17,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--focus", help="a ginkgo focus regex in place of the selection")
     p.add_argument("--skip", help="a ginkgo skip regex in place of the selection's")
     p.add_argument("--report-dir", default=os.path.join(s.REPO, ".cache", "e2e"))
+    p.add_argument("--procs", type=int, default=PROCS, help="ginkgo processes sharing the specs (default %(default)s)")
     p.add_argument("--keep-cluster", action="store_true", help="leave the cluster running after the specs")
     args = p.parse_args(argv)
     focus = args.focus or (run.SMOKE if args.smoke else run.NODE_CONFORMANCE)
     skip = args.skip or (run.SMOKE_SKIP if args.smoke else run.SKIP)
     report_dir = os.path.join(args.report_dir, args.runtime)
-    result, took = run.run(args.runtime, focus, skip, report_dir, args.keep_cluster)
+    result, took = run.run(args.runtime, focus, skip, report_dir, args.procs, args.keep_cluster)
     for name in result.failed:
         print(f"FAILED {name}: {result.messages.get(name, '')}")
     print(f"e2e on {args.runtime}: {len(result.passed)} passed, {len(result.failed)} failed, "

@@ -31,7 +31,7 @@ _SMOKE_AREAS = (r"(Pods should|Container Runtime blackbox|Security Context When 
 SMOKE = rf"{_SMOKE_AREAS}.*\[NodeConformance\]|\[NodeConformance\].*{_SMOKE_AREAS}"
 
 
-def run(runtime: str, focus: str, skip: str, report_dir: str,
+def run(runtime: str, focus: str, skip: str, report_dir: str, procs: int = 1,
         keep_cluster: bool = False) -> tuple[report.Result, float]:
     """Bring the cluster up on `runtime`, run the specs `focus` selects less `skip`'s, and read
     the report ginkgo writes into `report_dir`; it and the seconds the specs took."""
@@ -43,12 +43,14 @@ def run(runtime: str, focus: str, skip: str, report_dir: str,
     try:
         with tempfile.TemporaryDirectory(prefix="e2e-images-") as work:
             images.build_and_push(work)
+        # Through ginkgo's command, as Kubernetes' hack/ginkgo-e2e.sh runs it: `procs` processes
+        # share the specs, and those marked Serial run alone at the end.
         args = [
-            s.binary("e2e.test"), f"--kubeconfig={s.KUBECONFIG}", f"--kubectl-path={s.binary('kubectl')}",
-            "--provider=skeleton",
-            f"--report-dir={report_dir}", f"--ginkgo.focus={focus}", f"--ginkgo.skip={skip}",
-            "--ginkgo.no-color", "--ginkgo.v", "--ginkgo.timeout=4h", "--node-os-distro=debian",
-            "--dump-logs-on-failure=false", f"--e2e-output-dir={report_dir}",
+            s.binary("ginkgo"), f"--procs={procs}", f"--focus={focus}", f"--skip={skip}", "--no-color", "-v",
+            "--timeout=4h", s.binary("e2e.test"), "--",
+            f"--kubeconfig={s.KUBECONFIG}", f"--kubectl-path={s.binary('kubectl')}", "--provider=skeleton",
+            f"--report-dir={report_dir}", "--node-os-distro=debian", "--dump-logs-on-failure=false",
+            f"--e2e-output-dir={report_dir}",
         ]
         started = time.monotonic()
         with open(os.path.join(report_dir, "e2e.log"), "w") as log:
