@@ -35,10 +35,13 @@ install: deps-run $(VENV)/.installed proto
 run: install
 	$(VENV)/bin/cricketd $(ARGS)
 
-# pytest (unit, integration, and the one-node cluster's workload tests), then critest.
-test: deps-test install go-tools
+# pytest (unit, integration, and the one-node cluster's workload tests), critest, then the
+# smoke selection of Kubernetes' e2e node-conformance specs on a cluster over Cricket.
+test: deps-test deps-e2e install go-tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	$(VENV)/bin/python -m tools.critest
+	@tools/build-go-tools.sh $(TOOLS_BIN) e2e
+	$(VENV)/bin/python -m tools.e2e --smoke
 
 go-tools:
 	@tools/build-go-tools.sh $(TOOLS_BIN)
