@@ -4,7 +4,7 @@
 # command from the versions the go.mod files pin. A module whose go.mod, go.sum and sources
 # are unchanged since its last build is skipped.
 #
-# Usage: tools/build-go-tools.sh BIN_DIR [e2e]   (e2e: also the e2e suite, agnhost and ginkgo, for make e2e)
+# Usage: tools/build-go-tools.sh BIN_DIR [e2e]   (e2e: also the e2e suite, its images' programs and ginkgo, for make e2e)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:?usage: build-go-tools.sh BIN_DIR}
@@ -60,6 +60,8 @@ build_e2e() {
   go build "${flags[@]}" -o "$bin/agnhost" k8s.io/kubernetes/test/images/agnhost
   # Ginkgo's command, which runs the suite's specs in parallel processes, at the version the suite uses.
   go build "${flags[@]}" -o "$bin/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
+  # nonewprivs' program, which prints its effective uid (its image makes it setuid root).
+  go build "${flags[@]}" -o "$bin/nnp" k8s.io/kubernetes/test/images/nonewprivs
   # The key pair agnhost's image carries at /localhost.crt and /localhost.key (its https servers).
   local porter
   porter="$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter"
@@ -70,5 +72,5 @@ build_e2e() {
 build cri-tools "$here/cri-tools" crictl critest
 build k8s "$here/k8s" kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd coredns
 if [ "${2:-}" = e2e ]; then
-  build e2e "$here/k8s" e2e.test agnhost ginkgo agnhost-localhost.crt agnhost-localhost.key
+  build e2e "$here/k8s" e2e.test agnhost ginkgo nnp agnhost-localhost.crt agnhost-localhost.key
 fi

@@ -9,7 +9,8 @@ image-defined user and group, entrypoint `/agnhost`, command `pause`, and the to
 installs that specs run inside it: curl, netcat-openbsd's nc, iproute2's ip and ss, and bash,
 taken from this host's Debian packages with their shared libraries). busybox and pause are the
 stand-ins the cluster already uses; nginx is busybox's httpd serving nginx's document root on 80;
-nonroot is busybox with image user 1234
+nonroot is busybox with image user 1234;
+nonewprivs is busybox with its real program, `nnp` (built from the module), setuid and setgid root
 (tests/fixtures/images.py builds them). The versions are those of `test/utils/image/manifest.go` in Kubernetes 1.36.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ BUSYBOX_VERSION = "1.37.0-1"
 PAUSE_VERSION = "3.10.2"
 NGINX_VERSIONS = ("1.15-4", "1.27-0")
 NONROOT_VERSION = "1.5"
+NONEWPRIVS_VERSION = "1.4"
 
 
 def names() -> dict[str, list[str]]:
@@ -35,6 +37,7 @@ def names() -> dict[str, list[str]]:
         "pause": [f"pause:{PAUSE_VERSION}"],
         "nginx": [f"e2e-test-images/nginx:{v}" for v in NGINX_VERSIONS],
         "nonroot": [f"e2e-test-images/nonroot:{NONROOT_VERSION}"],
+        "nonewprivs": [f"e2e-test-images/nonewprivs:{NONEWPRIVS_VERSION}"],
     }
 
 
@@ -43,7 +46,7 @@ def build_and_push(workdir: str) -> None:
     for part in ("crt", "key"):
         with open(s.binary(f"agnhost-localhost.{part}"), "rb") as f:
             tls.append(f.read())
-    built = fixture.build_e2e_images(workdir, s.binary("agnhost"), (tls[0], tls[1]))
+    built = fixture.build_e2e_images(workdir, s.binary("agnhost"), (tls[0], tls[1]), s.binary("nnp"))
     registry = cluster_images.NodeRegistry()
     jobs = [(name, ref) for name, refs in names().items() for ref in refs]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
