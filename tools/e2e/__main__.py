@@ -9,7 +9,8 @@ import sys
 from tools.cluster import settings as s
 from tools.e2e import run
 
-# Specs mostly wait (for pods, for namespaces to go): on this 2-core machine four share it well.
+# Specs mostly wait (for pods, for namespaces to go), so more run at once than there are cores:
+# with four, the 63 smoke specs took some 3 minutes on this 2-core machine.
 PROCS = 4
 
 
