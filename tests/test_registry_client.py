@@ -228,10 +228,20 @@ def test_unreachable_registry_is_a_clear_error():
 
 
 def test_https_to_a_plain_http_registry_says_so(registry):
+    # A table for the host that does not say insecure: HTTPS, even to a loopback host.
     with pytest.raises(RegistryError) as e:
-        resolve(registry, "busybox", hosts={}, max_retries=0)
+        resolve(registry, "busybox", hosts={registry.host: HostConfig()}, max_retries=0)
     assert f"cannot reach https://{registry.host}" in str(e.value)
     assert "insecure" in str(e.value)
+
+
+def test_a_loopback_registry_no_table_names_is_plain_http(registry):
+    """As containerd reaches it: Kubernetes' private-registry e2e specs pull from localhost:5000."""
+    resolved = resolve(registry, "busybox", hosts={}, max_retries=0)
+    assert resolved.data
+    port = registry.host.split(":")[1]
+    resolved = run({}, lambda c: c.resolve(parse_reference(f"localhost:{port}/busybox:latest"), None))
+    assert resolved.data
 
 
 def test_resolve_by_digest_verifies_the_body(registry, proxies):
@@ -495,7 +505,7 @@ def test_tls_with_the_ca_file(tls_registry):
 
 def test_tls_without_the_ca_fails_verification(tls_registry):
     with pytest.raises(RegistryError) as e:
-        resolve(tls_registry, "busybox", {}, ALICE, max_retries=0)
+        resolve(tls_registry, "busybox", {tls_registry.host: HostConfig()}, ALICE, max_retries=0)
     msg = str(e.value)
     assert "CERTIFICATE_VERIFY_FAILED" in msg and "ca_file" in msg
     assert e.value.status is None
