@@ -76,6 +76,14 @@ class ContainerLogConfig:
 
 
 @dataclass
+class RootfsConfig:
+    # Mount each container's overlay "volatile": no sync of its writable layer, not on fsync and
+    # not on unmount (which otherwise syncs the whole filesystem under it). Kubernetes never
+    # restarts a container on its old writable layer, so nothing is lost that it would keep.
+    volatile: bool = True
+
+
+@dataclass
 class ImageConfig:
     max_concurrent_downloads: int = 3
     pull_retries: int = 3
@@ -95,6 +103,7 @@ class Config:
     cni: CniConfig = field(default_factory=CniConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     container_logs: ContainerLogConfig = field(default_factory=ContainerLogConfig)
+    rootfs: RootfsConfig = field(default_factory=RootfsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)
@@ -123,7 +132,7 @@ def _build(cls, table: dict, where: str):
                    else cast(Callable[[], Any], f.default_factory)())
         name = f"{where}.{key}" if where else key
         if isinstance(default, (ImageConfig, CniConfig, StreamingConfig, ContainerLogConfig, MetricsConfig,
-                                TracingConfig)):
+                                TracingConfig, RootfsConfig)):
             value = _build(type(default), _table(value, name), name)
         elif key == "registries" and cls is Config:
             value = {

@@ -16,6 +16,7 @@ from cri import image_mounts
 from cri.errors import (
     RuntimeFailure,
 )
+from cri.layout import Layout
 from cri.records import CREATED, EXITED, RUNNING, ContainerRecord
 from cri.runtime import UNKNOWN_EXIT_CODE, Container, Runtime, proc_start_time
 from frames.shim_client import ShimError, ShimGone
@@ -158,15 +159,17 @@ async def release_container(rt: Runtime, c: Container) -> None:
             Cgroup(cgroup_path).remove(recursive=True)
         except OSError as e:
             raise RuntimeFailure(f"removing cgroup {cgroup_path} of container {rec.id}: {e}") from None
-    rootfs = rt.layout.rootfs(rec.id)
+    await asyncio.to_thread(_release_files, rt.layout, rec.id)
+
+
+def _release_files(layout: Layout, container_id: str) -> None:
+    """The container's mounts and directories; in a thread, since an unmount can wait on the
+    kernel: the last unmount of an overlay that is not volatile syncs the filesystem under it."""
+    rootfs = layout.rootfs(container_id)
     if os.path.ismount(rootfs):
         libc.umount(rootfs, libc.MNT_DETACH)
-    image_mounts.release(rt.layout, rec.id)  # before the bundle they are mounted in goes
-    await asyncio.to_thread(_remove_dirs, rt.layout.bundle(rec.id), rt.layout.container_dir(rec.id))
-
-
-def _remove_dirs(*dirs: str) -> None:
-    for path in dirs:
+    image_mounts.release(layout, container_id)  # before the bundle they are mounted in goes
+    for path in (layout.bundle(container_id), layout.container_dir(container_id)):
         mounts.unmount_beneath(path)  # what a create cut short by cricketd's death left mounted
         shutil.rmtree(path, ignore_errors=True)
 

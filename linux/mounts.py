@@ -276,6 +276,10 @@ def attach_idmapped(source: str, target: str, userns_fd: int, readonly: bool = F
         os.close(tree)
 
 
+# Set once this kernel's overlay has refused the "volatile" option (it has it from Linux 5.10).
+_volatile_refused = False
+
+
 def mount_overlay(target: str, lower: list[str], options: str = "", flags: int = 0, userns: str = "",
                   staging: str = "") -> None:
     """Mount an overlay of the `lower` dirs (top first) on `target`, with `options` (upperdir,
@@ -286,8 +290,19 @@ def mount_overlay(target: str, lower: list[str], options: str = "", flags: int =
     read-only: should cricketd die before they go, no clean-up that walks the directory can
     delete a shared layer's files through them (and unmount_beneath() takes them away)."""
     def overlay(lowers: list[str]) -> None:
-        data = f"lowerdir={':'.join(lowers)}" + (f",{options}" if options else "")
-        libc.mount("overlay", target, "overlay", flags, data)
+        global _volatile_refused
+        wanted = [o for o in options.split(",") if o]
+        if _volatile_refused:
+            wanted = [o for o in wanted if o != "volatile"]
+        data = ",".join([f"lowerdir={':'.join(lowers)}", *wanted])
+        try:
+            libc.mount("overlay", target, "overlay", flags, data)
+        except OSError as e:
+            if e.errno != errno.EINVAL or "volatile" not in wanted:
+                raise
+            # Overlays before Linux 5.10 know no "volatile": mount without it, and from now on.
+            libc.mount("overlay", target, "overlay", flags, data.replace(",volatile", ""))
+            _volatile_refused = True
 
     if not userns:
         overlay(lower)

@@ -119,7 +119,7 @@ async def _set_up(rt: Runtime, c: Container, sandbox: Sandbox, sconfig: pb.PodSa
     volumes = await _image_volumes(rt, rec, config, image)
     spec = build_spec(rt, c, sandbox, config, image, checked, image_sources, process_user, volumes)
     with open(os.path.join(layout.bundle(rec.id), "config.json"), "w") as f:
-        json.dump(spec, f)
+        f.write(json.dumps(spec))  # dumps encodes in C; dump() goes chunk by chunk in Python
     rec.spec = spec
     if rec.log_path:
         os.makedirs(os.path.dirname(rec.log_path), mode=0o755, exist_ok=True)
@@ -165,7 +165,8 @@ def _mount_rootfs(rt: Runtime, rec: ContainerRecord, userns: str = "", root_ids:
     if userns:
         for d in ("upper", "work"):
             os.chown(os.path.join(own, d), *root_ids)
-    mounts.mount_overlay(rt.layout.rootfs(rec.id), lower, f"upperdir={own}/upper,workdir={own}/work",
+    options = f"upperdir={own}/upper,workdir={own}/work" + (",volatile" if rt.config.rootfs.volatile else "")
+    mounts.mount_overlay(rt.layout.rootfs(rec.id), lower, options,
                          userns=userns, staging=os.path.join(own, "idmapped"))
 
 

@@ -35,7 +35,7 @@ class ContainerUpdate:
             bundle_spec = os.path.join(self.rt.layout.bundle(rec.id), "config.json")
             if os.path.exists(bundle_spec):
                 with open(bundle_spec + ".tmp", "w") as f:
-                    json.dump(rec.spec, f)
+                    f.write(json.dumps(rec.spec))
                 os.replace(bundle_spec + ".tmp", bundle_spec)
             security.apply_resources(lin.get("cgroupsPath", ""), new, f"container {rec.id}")
             self.rt.save(c)

@@ -58,6 +58,8 @@ def test_file_then_flags(tmp_path):
         ("[image]\nmax_layer_entries = 0.5", "image.max_layer_entries: want a whole number"),
         ("[image]\nmax_concurrent_downloads = 2.5", "image.max_concurrent_downloads: want a whole number"),
         ("[image]\nmax_layer_size = '64G'", "image.max_layer_size: want a number"),
+        ("[rootfs]\nvolatile = 'yes'", "rootfs.volatile: want true or false"),
+        ("rootfs = true", "rootfs: want a table"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, words):
@@ -112,3 +114,10 @@ def test_layer_bounds_default_to_the_unpackers_and_can_be_set(tmp_path):
     cfg = load(str(path))
     assert cfg.image.max_layer_size == 1_000_000_000 and type(cfg.image.max_layer_size) is int
     assert cfg.image.max_layer_entries == 500
+
+
+def test_rootfs_volatile_is_on_unless_turned_off(tmp_path):
+    assert load(None).rootfs.volatile is True
+    path = tmp_path / "c.toml"
+    path.write_text("[rootfs]\nvolatile = false\n")
+    assert load(str(path)).rootfs.volatile is False

@@ -151,3 +151,40 @@ def test_unmount_beneath_takes_every_mount_under_a_path_and_nothing_beside_it(tm
         for point in reversed(made):
             if point in _mount_points():
                 libc.umount(point, libc.MNT_DETACH)
+
+
+# -- overlays: the volatile option on kernels without it -----------------------------------------
+
+def test_an_overlay_goes_without_volatile_where_the_kernel_refuses_it(monkeypatch):
+    # A kernel before 5.10 refuses "volatile" with EINVAL (this machine's has it, so its refusal
+    # is played by a stand-in for mount(2)): the overlay is mounted without it, and so is every
+    # later one, without asking again.
+    from linux import mounts
+    calls: list[str] = []
+
+    def old_kernel_mount(source, target, fstype, flags=0, data=None):
+        calls.append(data)
+        if "volatile" in data.split(","):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(mounts, "_volatile_refused", False)
+    monkeypatch.setattr(mounts.libc, "mount", old_kernel_mount)
+    mounts.mount_overlay("/t", ["/l2", "/l1"], "upperdir=/u,workdir=/w,volatile")
+    assert calls == ["lowerdir=/l2:/l1,upperdir=/u,workdir=/w,volatile", "lowerdir=/l2:/l1,upperdir=/u,workdir=/w"]
+    mounts.mount_overlay("/t", ["/l"], "upperdir=/u,workdir=/w,volatile")
+    assert calls[2:] == ["lowerdir=/l,upperdir=/u,workdir=/w"]
+
+
+def test_an_overlay_refused_for_another_reason_is_not_retried(monkeypatch):
+    from linux import mounts
+    calls: list[str] = []
+
+    def refusing_mount(source, target, fstype, flags=0, data=None):
+        calls.append(data)
+        raise OSError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(mounts, "_volatile_refused", False)
+    monkeypatch.setattr(mounts.libc, "mount", refusing_mount)
+    with pytest.raises(OSError):
+        mounts.mount_overlay("/t", ["/l"], "upperdir=/u,workdir=/w,volatile")
+    assert len(calls) == 1 and mounts._volatile_refused is False
