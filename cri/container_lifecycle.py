@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 
@@ -19,6 +18,7 @@ from cri.errors import (
 from cri.layout import Layout
 from cri.records import CREATED, EXITED, RUNNING, ContainerRecord
 from cri.runtime import UNKNOWN_EXIT_CODE, Container, Runtime, proc_start_time
+from cri.trash import Trash
 from frames.shim_client import ShimError, ShimGone
 from linux import libc, mounts
 from linux.cgroups import Cgroup
@@ -153,25 +153,38 @@ async def release_container(rt: Runtime, c: Container) -> None:
     if c.watcher is not None:
         c.watcher.cancel()
     cgroup_path = container_cgroup(rt, rec)
-    if cgroup_path and Cgroup(cgroup_path).exists():
-        kill_cgroup_tree(cgroup_path)  # what a shared-PID-namespace exec, or a lost pid, left behind
-        try:
-            Cgroup(cgroup_path).remove(recursive=True)
-        except OSError as e:
-            raise RuntimeFailure(f"removing cgroup {cgroup_path} of container {rec.id}: {e}") from None
-    await asyncio.to_thread(_release_files, rt.layout, rec.id)
+    if cgroup_path:
+        _remove_cgroup(cgroup_path, rec.id)
+    await asyncio.to_thread(_release_files, rt.layout, rt.trash, rec.id)
+    rt.trash.empty_soon()
 
 
-def _release_files(layout: Layout, container_id: str) -> None:
-    """The container's mounts and directories; in a thread, since an unmount can wait on the
-    kernel: the last unmount of an overlay that is not volatile syncs the filesystem under it."""
+def _remove_cgroup(path: str, container_id: str) -> None:
+    cgroup = Cgroup(path)
+    try:
+        # Empty, as after every exit its shim saw: rmdir alone ends it, in every hierarchy.
+        cgroup.remove(wait=False, recursive=True)
+        return
+    except OSError:
+        pass  # processes left in it: what a shared-PID-namespace exec, or a lost pid, left behind
+    kill_cgroup_tree(path)
+    try:
+        cgroup.remove(recursive=True)
+    except OSError as e:
+        raise RuntimeFailure(f"removing cgroup {path} of container {container_id}: {e}") from None
+
+
+def _release_files(layout: Layout, trash: Trash, container_id: str) -> None:
+    """The container's mounts, and its directories put in the trash; in a thread, since an
+    unmount can wait on the kernel: the last unmount of an overlay that is not volatile syncs
+    the filesystem under it."""
     rootfs = layout.rootfs(container_id)
     if os.path.ismount(rootfs):
         libc.umount(rootfs, libc.MNT_DETACH)
     image_mounts.release(layout, container_id)  # before the bundle they are mounted in goes
     for path in (layout.bundle(container_id), layout.container_dir(container_id)):
         mounts.unmount_beneath(path)  # what a create cut short by cricketd's death left mounted
-        shutil.rmtree(path, ignore_errors=True)
+        trash.put(path)
 
 
 async def wait_gone(pid: int) -> None:

@@ -23,6 +23,7 @@ from cri.errors import NotFound
 from cri.events import EventBus
 from cri.layout import Layout
 from cri.records import EXITED, RUNNING, ContainerRecord, RecordStore, SandboxRecord
+from cri.trash import Trash
 from frames.shim_client import ShimClient, ShimError, ShimGone, ZygoteClient
 from image.store import ImageStore
 
@@ -121,6 +122,7 @@ class Runtime:
     def __init__(self, config: Config, images: ImageStore):
         self.config = config
         self.layout = Layout(config.root_dir, config.state_dir)
+        self.trash = Trash(config.root_dir, config.state_dir)
         self.records = RecordStore(self.layout.records)
         self.images = images
         self.zygote = ZygoteClient(config.state_dir)

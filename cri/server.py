@@ -133,6 +133,7 @@ async def serve(config: Config) -> None:
 
     log.info("stopping")
     await server.stop(STOP_GRACE_SECONDS)
+    await rt.trash.drain()  # removed containers' directories: deleted before we go
     await streaming.stop()
     if metrics is not None:
         metrics.stop()
