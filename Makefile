@@ -27,7 +27,7 @@ export CRICKET_TOOLS_BIN := $(TOOLS_BIN)
 # The runtime under the cluster tests: cricket, or containerd to check a test against the peer.
 RUNTIME ?= cricket
 
-.PHONY: install run test unit lint fuzz bench test-cgroup2 proto deps-run deps-test deps-bench deps-e2e clean go-tools critest cluster cluster-down cluster-test e2e
+.PHONY: install run test unit lint fuzz bench test-cgroup2 proto deps-run deps-test deps-bench deps-e2e clean go-tools critest cluster cluster-down cluster-test e2e e2e-compare
 
 install: deps-run $(VENV)/.installed proto
 	$(VENV)/bin/cricket-cni-install
@@ -57,6 +57,10 @@ cluster: deps-test install go-tools
 e2e: deps-test deps-bench deps-e2e install go-tools
 	@tools/build-go-tools.sh $(TOOLS_BIN) e2e
 	$(VENV)/bin/python -m tools.e2e --runtime $(RUNTIME) $(ARGS)
+
+# The two runtimes' reports of make e2e side by side; fails if containerd passed a spec Cricket did not.
+e2e-compare: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.e2e.compare $(ARGS)
 
 cluster-down: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.cluster down
