@@ -83,7 +83,7 @@ def recover(rt: Runtime) -> None:
     kill_stray_pod_inits(rt)
     _stray_shims(rt)
     _sweep(rt)
-    rt.trash.empty()  # what removals before a crash left to be deleted
+    rt.trash.empty_soon()  # what removals before a crash left undeleted: while we serve
     # Undone once cricketd serves (CNI DEL needs the loop); a RunPodSandbox for one of their
     # names meanwhile undoes it first.
     loop = asyncio.get_running_loop()

@@ -153,3 +153,25 @@ def test_a_hundred_containers_leave_nothing_behind(daemon, pods, busybox):
     assert os.listdir(os.path.join(daemon.state, "containers")) == []
     assert os.listdir(os.path.join(daemon.state, "sandboxes")) == []
     assert os.listdir(os.path.join(daemon.root, "containers")) == []
+
+
+def test_what_a_crash_left_in_the_trash_is_deleted_after_the_next_start(daemon, pods, busybox):
+    pod = pods.run_pod()
+    cid = pods.run(pod, busybox, ["sh", "-c", "echo x > /written; sleep 1000"])
+    pods.stop(cid)
+    daemon.stop(signal.SIGKILL)
+    # As a removal leaves them when cricketd dies before its worker thread deleted them:
+    # renamed into the trash of their own filesystem, a writable layer's files and all.
+    left = [os.path.join(daemon.root, "trash", f"{cid}-0"), os.path.join(daemon.state, "trash", f"{cid}-0")]
+    for path in left:
+        os.makedirs(os.path.join(path, "upper", "deep"))
+        with open(os.path.join(path, "upper", "deep", "file"), "w") as f:
+            f.write("x" * 4096)
+    daemon.start()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(p) for p in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(p) for p in left), "the trash was not emptied after the start"
+    pods.remove(cid)  # the container itself was untouched by that, and goes as ever
+    pods.remove_pod(pod)
+    assert os.listdir(os.path.join(daemon.root, "containers")) == []
