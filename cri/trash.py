@@ -38,7 +38,9 @@ class Trash:
                 os.rename(path, into)
                 return
             except FileNotFoundError:
-                return
+                if not os.path.lexists(path):
+                    return  # already gone: a retried removal
+                # the trash dir is what is missing (wiped under us): delete in place
             except OSError as e:
                 if e.errno != errno.EXDEV:
                     raise

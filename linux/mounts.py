@@ -291,17 +291,18 @@ def mount_overlay(target: str, lower: list[str], options: str = "", flags: int =
     delete a shared layer's files through them (and unmount_beneath() takes them away)."""
     def overlay(lowers: list[str]) -> None:
         global _volatile_refused
-        wanted = [o for o in options.split(",") if o]
-        if _volatile_refused:
-            wanted = [o for o in wanted if o != "volatile"]
-        data = ",".join([f"lowerdir={':'.join(lowers)}", *wanted])
+        wanted = [o for o in options.split(",") if o and not (o == "volatile" and _volatile_refused)]
+
+        def mount(opts: list[str]) -> None:
+            libc.mount("overlay", target, "overlay", flags, ",".join([f"lowerdir={':'.join(lowers)}", *opts]))
+
         try:
-            libc.mount("overlay", target, "overlay", flags, data)
+            mount(wanted)
         except OSError as e:
             if e.errno != errno.EINVAL or "volatile" not in wanted:
                 raise
             # Overlays before Linux 5.10 know no "volatile": mount without it, and from now on.
-            libc.mount("overlay", target, "overlay", flags, data.replace(",volatile", ""))
+            mount([o for o in wanted if o != "volatile"])
             _volatile_refused = True
 
     if not userns:

@@ -57,3 +57,11 @@ def test_emptying_soon_runs_off_the_loop_and_drain_waits_for_everything_put_in(t
 
     asyncio.run(main())
     assert os.listdir(tmp_path / "trash") == []
+
+
+def test_a_trash_dir_wiped_under_it_still_leaves_the_directory_deleted(tmp_path):
+    trash = Trash(str(tmp_path))
+    os.rmdir(tmp_path / "trash")
+    _tree(str(tmp_path / "containers" / "c1"))
+    trash.put(str(tmp_path / "containers" / "c1"))
+    assert not (tmp_path / "containers" / "c1").exists()
