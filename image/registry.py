@@ -411,6 +411,40 @@ class RegistryClient:
 
     # -- endpoints -----------------------------------------------------------------
 
+    async def fetch_url(self, url: str, dest: str, max_size: int) -> str | None:
+        """GET `url` — a Dockerfile ADD's source, not a registry's — into the new file `dest`, at
+        most `max_size` bytes, with the same connections, TLS settings of its host, timeouts and
+        retries as a pull. Returns its Last-Modified header, if any."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError(f"{url!r} is not an http or https URL")
+        try:
+            client = self._client(self._hosts.get(parts.netloc))
+        except (OSError, ssl.SSLError) as e:
+            raise RegistryError(f"{url}: the TLS settings of {parts.netloc}: {e}") from None
+
+        async def attempt() -> str | None:
+            try:
+                async with client.stream("GET", url) as resp:
+                    if resp.status_code >= 400:
+                        cls = _TransientError if resp.status_code in _TRANSIENT_STATUS else RegistryError
+                        raise cls(f"{url}: HTTP {resp.status_code}", status=resp.status_code)
+                    size = 0
+                    with open(dest, "wb") as f:
+                        async for chunk in resp.aiter_bytes(_CHUNK):
+                            size += len(chunk)
+                            if size > max_size:
+                                raise LimitExceeded(f"{url}: more than {max_size} bytes, the most a layer holds "
+                                                    "([image] max_layer_size)")
+                            f.write(chunk)
+                    return resp.headers.get("last-modified")
+            except httpx.TimeoutException:
+                raise _TransientError(f"{url}: no answer for {self._timeout:g}s ({_TIMEOUT_SETTING})") from None
+            except httpx.TransportError as e:
+                raise _TransientError(f"{url}: {e}") from None
+
+        return await self._retrying(attempt, self._tries)
+
     def _endpoints(self, domain: str) -> list[_Endpoint]:
         cfg = self._hosts.get(domain)
         out = []

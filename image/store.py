@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Set
 from typing import Any
 
+from image.build_cache import BuildCache
 from image.content import ContentStore
 from image.metadata import ImageRecord, Metadata
 from image.reference import ReferenceError, parse_reference
@@ -38,6 +39,7 @@ class ImageStore:
         self.content = ContentStore(os.path.join(root, "content"))
         self.snapshots = Snapshotter(os.path.join(root, "snapshots"), self.metadata)
         self.snapshot_root = self.snapshots.root
+        self.build_cache = BuildCache(os.path.join(root, "build-cache"))
         # Here, not in a Puller: a load's Puller and the daemon's share the store, its ingest
         # files and its snapshots. `leases`: digests and chain IDs that running pulls and loads
         # hold but no image records yet, counted (they may overlap), which garbage collection
@@ -100,10 +102,12 @@ class ImageStore:
     def collect_garbage(self, in_flight: Set[str] = frozenset()) -> None:
         """Delete blobs and snapshots that no image references.
 
-        `in_flight` holds digests and chain IDs that a running pull is still
-        assembling; they are kept even though no image record names them yet.
+        `in_flight` holds digests and chain IDs that a running pull or build is still
+        assembling; they are kept even though no image record names them yet, as are
+        those the build cache names.
         """
-        blobs = self.metadata.referenced_blobs() | set(in_flight)
+        in_flight = set(in_flight) | self.build_cache.referenced()
+        blobs = self.metadata.referenced_blobs() | in_flight
         for digest in self.content.digests():
             if digest not in blobs:
                 log.debug("removing unreferenced blob %s", digest)
@@ -113,7 +117,7 @@ class ImageStore:
                 self.content.delete(digest)
         keep: set[str] = set()
         by_chain = {r.chain_id: r for r in self.metadata.snapshots()}
-        for chain_id in self.metadata.image_chain_ids() | set(in_flight):
+        for chain_id in self.metadata.image_chain_ids() | in_flight:
             while chain_id and chain_id not in keep:
                 keep.add(chain_id)
                 rec = by_chain.get(chain_id)

@@ -7,6 +7,7 @@ the executor places container processes and applies limits and device rules.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -478,6 +479,28 @@ class Cgroup:
                     _write(cast(str, freezer), "THAWED")  # a frozen task acts on no signal, not even SIGKILL
                 except CgroupNotFound:
                     pass
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """The cgroup's processes held still for the block (v1's freezer, v2's cgroup.freeze),
+        then let go; nothing is held where the cgroup can not freeze."""
+        if mode() == "v2":
+            state, on, off = self._file("", "cgroup.freeze"), "1", "0"
+        else:
+            state, on, off = self._file("freezer", "freezer.state"), "FROZEN", "THAWED"
+        if not state or not os.path.exists(state):
+            yield
+            return
+        _write(state, on)
+        try:
+            if mode() == "v1":
+                _wait_frozen(state)
+            yield
+        finally:
+            try:
+                _write(state, off)
+            except CgroupNotFound:
+                pass
 
     def remove(self, wait: bool = True, recursive: bool = False) -> None:
         """Remove the cgroup in every hierarchy; with `recursive`, the cgroups under it too,
