@@ -15,7 +15,7 @@ ADMIN_STUBS := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py
 # benchmarks run against (a real registry, skopeo, busybox for test images,
 # containerd + runc as the peer, the reference CNI plugins to compare with).
 RUN_DEBS   := iproute2 iptables libseccomp2
-TEST_DEBS  := docker-registry skopeo busybox-static apache2-utils openssl curl runc crun containernetworking-plugins criu
+TEST_DEBS  := docker-registry skopeo busybox-static buildah apache2-utils openssl curl runc crun containernetworking-plugins criu
 BENCH_DEBS := containerd runc
 # What the e2e images take from the host for agnhost (tests/fixtures/images.py, E2E_HOST_TOOLS).
 E2E_DEBS   := curl netcat-openbsd iproute2 bash

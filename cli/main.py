@@ -15,6 +15,8 @@ import json
 import os
 import secrets
 import sys
+import tarfile
+import tempfile
 from typing import cast
 
 import grpc
@@ -25,6 +27,8 @@ from api.runtime.v1 import api_pb2 as pb
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cli.output import PullDisplay, as_json, human_age, human_size, short_id, table
 from cri.config import DEFAULT_CONFIG_FILE, ConfigError, load
+from image import dockerignore
+from image.dockerignore import Patterns
 from image.reference import parse_reference
 
 CALL_SECONDS = 60.0
@@ -278,6 +282,97 @@ def cmd_load(c: Client, args) -> None:
             print(f"Loaded {line}")
 
 
+def _context_tar(root: str, patterns: Patterns, out) -> None:
+    """The build context as a tar, less what .dockerignore leaves out (as docker's client does):
+    symlinks as symlinks, never followed."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for top, dirs, files in os.walk(root):
+            rel_top = os.path.relpath(top, root)
+            rel_top = "" if rel_top == "." else rel_top + "/"
+            kept = []
+            for d in sorted(dirs):
+                rel = rel_top + d
+                if not patterns.ignored(rel):
+                    tar.add(os.path.join(top, d), rel, recursive=False)
+                    kept.append(d)
+                elif patterns.may_reinclude_under(rel):
+                    kept.append(d)
+            dirs[:] = kept
+            for name in sorted(files):
+                rel = rel_top + name
+                if not patterns.ignored(rel):
+                    tar.add(os.path.join(top, name), rel, recursive=False)
+
+
+def cmd_build(c: Client, args) -> None:
+    dockerfile = args.file or os.path.join(args.context, "Dockerfile")
+    with open(dockerfile) as f:
+        text = f.read()
+    try:
+        with open(os.path.join(args.context, ".dockerignore")) as f:
+            patterns = dockerignore.load(f.read())
+    except FileNotFoundError:
+        patterns = dockerignore.load("")
+    build_args = {}
+    for item in args.build_arg:
+        name, sep, value = item.partition("=")
+        if not sep:  # NAME alone: its value from the environment, as docker takes it
+            if name not in os.environ:
+                continue
+            value = os.environ[name]
+        build_args[name] = value
+    with tempfile.TemporaryFile() as context:
+        _context_tar(args.context, patterns, context)
+        context.seek(0)
+
+        def inputs():
+            yield apb.BuildInput(options=apb.BuildOptions(
+                tags=args.tag, dockerfile=text, dockerfile_name=os.path.basename(dockerfile),
+                build_args=build_args, target=args.target or "", no_cache=args.no_cache, network=args.network))
+            while data := context.read(CHUNK):
+                yield apb.BuildInput(context=data)
+
+        for event in c.admin.Build(inputs()):
+            if event.image_id:
+                print(event.image_id if args.quiet else f"Built {short_id(event.image_id)}"
+                      + (f" as {', '.join(args.tag)}" if args.tag else ""))
+            elif not args.quiet:
+                print(event.text, flush=True)
+
+
+def _container_id(c: Client, spec: str) -> str:
+    """A container's whole ID from a unique prefix (or its name), as crictl takes them."""
+    listed = c.runtime.ListContainers(pb.ListContainersRequest(), timeout=CALL_SECONDS).containers
+    found = [x.id for x in listed if x.id.startswith(spec) or x.metadata.name == spec]
+    if len(found) != 1:
+        raise SystemExit(f"cricket: error: {'no' if not found else 'more than one'} container matches {spec!r}")
+    return found[0]
+
+
+def cmd_commit(c: Client, args) -> None:
+    answer = c.admin.Commit(apb.CommitRequest(container=_container_id(c, args.container), name=args.image or "",
+                                              changes=args.change, message=args.message or "",
+                                              no_pause=not args.pause), timeout=CALL_SECONDS * 10)
+    print(answer.image_id)
+
+
+def cmd_export(c: Client, args) -> None:
+    request = apb.ExportRequest(container=_container_id(c, args.container))
+    with _replacing(args.output_file, 0o666 & ~_umask()) as out:
+        for chunk in c.admin.Export(request):
+            out.write(chunk.data)
+
+
+def cmd_import(c: Client, args) -> None:
+    def inputs():
+        yield apb.ImportInput(name=args.image, changes=args.change)
+        with open(args.file, "rb") as f:
+            while data := f.read(CHUNK):
+                yield apb.ImportInput(data=data)
+
+    print(c.admin.Import(inputs()).image_id)
+
+
 # -- the node ------------------------------------------------------------------------------------
 
 
@@ -377,7 +472,30 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("target", metavar="TARGET")
     cp = command("rmi", cmd_rmi, "remove images (by name or ID)")
     cp.add_argument("images", nargs="+", metavar="IMAGE")
-    command("prune", cmd_prune, "remove the images no container uses, and what only they held")
+    command("prune", cmd_prune, "remove the build cache and the images no container uses, and what only they held")
+    cp = command("build", cmd_build, "build an image from a Dockerfile, running its steps on this node")
+    cp.add_argument("context", metavar="CONTEXT", help="the directory whose files COPY and ADD see")
+    cp.add_argument("-t", "--tag", action="append", default=[], help="a name for the image (repeatable)")
+    cp.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    cp.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE")
+    cp.add_argument("--target", help="the stage to build (default: the last)")
+    cp.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached layer")
+    cp.add_argument("--network", choices=("host", "none"), default="host", help="RUN steps' network")
+    cp.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    cp = command("commit", cmd_commit, "a container's changes as a new image")
+    cp.add_argument("container", metavar="CONTAINER")
+    cp.add_argument("image", metavar="NAME[:TAG]", nargs="?")
+    cp.add_argument("-c", "--change", action="append", default=[], help="a Dockerfile instruction for the config")
+    cp.add_argument("-m", "--message", help="the commit's comment in the image's history")
+    cp.add_argument("--pause", type=lambda v: v.lower() not in ("false", "0", "no"), default=True,
+                    metavar="true|false", help="freeze the container while its changes are read (default true)")
+    cp = command("export", cmd_export, "a container's whole filesystem as a tar")
+    cp.add_argument("container", metavar="CONTAINER")
+    cp.add_argument("-o", "--output-file", required=True, metavar="FILE")
+    cp = command("import", cmd_import, "a one-layer image from a filesystem tar")
+    cp.add_argument("file", metavar="FILE")
+    cp.add_argument("image", metavar="NAME[:TAG]")
+    cp.add_argument("-c", "--change", action="append", default=[], help="a Dockerfile instruction for the config")
     cp = command("save", cmd_save, "write images to an archive (docker-archive, or OCI with --format oci)")
     cp.add_argument("-o", "--output-file", required=True, metavar="FILE")
     cp.add_argument("--format", choices=("docker", "oci"), default="docker")

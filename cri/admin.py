@@ -21,6 +21,7 @@ from api.admin.v1 import admin_pb2 as apb
 from api.admin.v1 import admin_pb2_grpc as apb_grpc
 from api.runtime.v1 import api_pb2 as pb
 from cri import memory
+from cri.build.service import ImageMaking
 from cri.errors import InvalidArgument, NotFound, handle_errors, status_for
 from cri.image_service import credentials
 from cri.runtime import Runtime
@@ -47,7 +48,7 @@ async def _abort(context, exc: BaseException, what: str) -> None:
     await context.abort(code, str(exc))
 
 
-class Admin(apb_grpc.AdminServicer):
+class Admin(ImageMaking, apb_grpc.AdminServicer):
     def __init__(self, rt: Runtime, store: ImageStore, puller: Puller, client: RegistryClient,
                  max_archive_size: int | None = None):
         self.rt = rt
@@ -157,6 +158,7 @@ class Admin(apb_grpc.AdminServicer):
 
     @handle_errors
     async def Prune(self, request, context):
+        self.store.build_cache.clear()  # what only the cache held goes with the unused images
         used = {c.rec.image_id for c in self.rt.containers.values()}
         before = self.store.usage()[0]
         removed = []

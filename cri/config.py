@@ -84,6 +84,13 @@ class RootfsConfig:
 
 
 @dataclass
+class BuildConfig:
+    # The most processes one RUN step of `cricket build` may have at once: a fork bomb in a
+    # Dockerfile ends there, not at the node's limit.
+    pids_limit: int = 1024
+
+
+@dataclass
 class ImageConfig:
     max_concurrent_downloads: int = 3
     pull_retries: int = 3
@@ -104,6 +111,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     container_logs: ContainerLogConfig = field(default_factory=ContainerLogConfig)
     rootfs: RootfsConfig = field(default_factory=RootfsConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     registries: dict[str, RegistryHost] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from api.admin.v1 import admin_pb2_grpc as apb_grpc
 from api.runtime.v1 import api_pb2_grpc as pb_grpc
 from cri import memory, tracing
 from cri.admin import Admin
+from cri.build import workspace as build_workspace
 from cri.config import Config
 from cri.image_service import ImageService
 from cri.recover import recover
@@ -74,6 +75,7 @@ async def serve(config: Config) -> None:
 
     store = ImageStore(config.root_dir)
     store.snapshots.sweep()
+    build_workspace.sweep(config.root_dir)
     client = RegistryClient(
         registry_hosts(config),
         max_retries=config.image.pull_retries,
