@@ -125,6 +125,9 @@ def test_unchanged_rebuild_uses_the_cache_and_no_cache_runs_again(daemon, base, 
     (tmp_path / "context" / "a.txt").write_text("changed\n")
     changed = build(daemon, ctx, "-t", "localhost/cached:4").stdout
     assert "using cache" not in changed  # the COPY's content changed, and the RUN after it
+    assert build(daemon, ctx, "-t", "localhost/cached:5").stdout.count("using cache") == 2
+    cricket(daemon, "prune")  # the cache goes first, then the images no container uses
+    assert "using cache" not in build(daemon, ctx, "-t", "localhost/cached:6").stdout
 
 
 def test_multi_stage_copy_from_and_target(daemon, base, tmp_path):

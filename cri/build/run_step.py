@@ -21,8 +21,8 @@ from api.runtime.v1 import api_pb2 as pb
 from api.shim.v1 import shim_pb2 as shim_pb
 from cri import oci_spec, security
 from cri.container_lifecycle import kill_cgroup_tree, wait_gone
-from cri.runtime import Runtime
-from frames.shim_client import ShimClient, ShimError
+from cri.runtime import Runtime, read_exit_file
+from frames.shim_client import ShimClient, ShimError, ShimGone
 from linux.cgroups import Cgroup
 from linux.cgroups import mode as cgroup_mode
 
@@ -98,6 +98,7 @@ async def run(rt: Runtime, step: Step, emit: Callable[[str], None]) -> Outcome:
         shim_log=os.path.join(step.bundle, "shim.log")))
     shim = ShimClient(socket)
     output = _Output(log_path, emit)
+    exit_file = os.path.join(step.bundle, "exit")
     try:
         await shim.wait_created()
         await shim.start()
@@ -105,10 +106,20 @@ async def run(rt: Runtime, step: Step, emit: Callable[[str], None]) -> Outcome:
         while not waiting.done():
             await asyncio.wait([waiting], timeout=_POLL_SECONDS)
             output.read()
-        state = waiting.result()
+        try:
+            state = waiting.result()
+            code, reason = state.exit_code, state.reason
+        except ShimGone:
+            # A step that ends at once can end before the wait is asked for, and its shim leaves
+            # once the exit is written: the exit file has it.
+            await wait_gone(shim_pid)
+            record = read_exit_file(exit_file)
+            if record is None:
+                raise
+            code, reason = int(record.get("exit_code", -1)), str(record.get("reason") or "")
         output.read()
         output.flush()
-        return Outcome(state.exit_code, state.reason, output.last)
+        return Outcome(code, reason, output.last)
     except ShimError as e:
         output.read()
         output.flush()
