@@ -7,12 +7,12 @@ import os
 import signal
 import sys
 
-from bench import calls, kubelet, lifecycle, load, network, pull, unpack
+from bench import build, calls, kubelet, lifecycle, load, network, pull, unpack
 
 # Name -> module with add_arguments(parser), run(args) -> figures, report(figures) -> text.
 BENCHMARKS = {
     "pull": pull, "lifecycle": lifecycle, "network": network, "unpack": unpack, "calls": calls, "load": load,
-    "kubelet": kubelet,
+    "kubelet": kubelet, "build": build,
 }
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
