@@ -72,13 +72,15 @@ def run(args) -> dict:
             base = images["busybox"].reference(registry)
             ctx = _context(work, base)
             storage = os.path.join(work, "buildah")
-            buildah = ["buildah", "--root", f"{storage}/root", "--runroot", f"{storage}/run", "--storage-driver", "overlay"]
+            buildah = ["buildah", "--root", f"{storage}/root", "--runroot", f"{storage}/run",
+                       "--storage-driver", "overlay"]
             subprocess.run([*buildah, "pull", "--tls-verify=false", base], check=True, capture_output=True, timeout=300)
-            peer = Cricket([registry]).start()
+            peer = Cricket([registry])
+            peer.start()
             try:
                 peer.pull(base)
                 cricket = [sys.executable, "-m", "cli.main", "--socket", peer.daemon.socket, "build", "-q"]
-                bud = [*buildah, "bud", "-q", "--isolation", "chroot", "--network", "host", "--tls-verify=false",
+                bud = [*buildah, "bud", "-q", "--isolation", "chroot", "--network", "none", "--tls-verify=false",
                        "--layers"]
                 for _ in range(args.build_runs):
                     figures["cricket"]["cold"].append(_timed([*cricket, "--no-cache", "-t", "localhost/b:1", ctx]))

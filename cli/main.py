@@ -480,7 +480,8 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE")
     cp.add_argument("--target", help="the stage to build (default: the last)")
     cp.add_argument("--no-cache", action="store_true", help="run every step, reusing no cached layer")
-    cp.add_argument("--network", choices=("host", "none"), default="host", help="RUN steps' network")
+    cp.add_argument("--network", choices=("none", "host"), default="none",
+                    help="RUN steps' network: none (only loopback, the default) or the host's")
     cp.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     cp = command("commit", cmd_commit, "a container's changes as a new image")
     cp.add_argument("container", metavar="CONTAINER")

@@ -27,6 +27,9 @@ class BuildCache:
     def __init__(self, root: str):
         self.root = root
         os.makedirs(root, mode=0o700, exist_ok=True)
+        # What each entry names, read from disk once: garbage collection asks on every image
+        # removal, and must not read every entry each time.
+        self._refs: dict[str, set[str]] | None = None
 
     def _path(self, key: str) -> str:
         if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
@@ -50,28 +53,32 @@ class BuildCache:
         except BaseException:
             os.unlink(tmp)
             raise
-
-    def _entries(self) -> list[dict]:
-        out = []
-        for name in os.listdir(self.root):
-            if name.endswith(".json"):
-                entry = self.get(name[:-5])
-                if entry is not None:
-                    out.append(entry)
-        return out
+        if self._refs is not None:
+            self._refs[key] = _names(entry)
 
     def referenced(self) -> set[str]:
         """The blob digests and chain IDs the entries name."""
-        out: set[str] = set()
-        for entry in self._entries():
-            out.update(layer.get("digest", "") for layer in entry.get("layers") or [])
-            out.add(entry.get("chain_id") or "")
-        out.discard("")
-        return out
+        if self._refs is None:
+            refs = {}
+            for name in os.listdir(self.root):
+                if name.endswith(".json"):
+                    entry = self.get(name[:-5])
+                    if entry is not None:
+                        refs[name[:-5]] = _names(entry)
+            self._refs = refs
+        return set().union(*self._refs.values())
 
     def clear(self) -> int:
         """Drop every entry; how many there were."""
         names = os.listdir(self.root)
         shutil.rmtree(self.root)
         os.makedirs(self.root, mode=0o700)
+        self._refs = {}
         return sum(name.endswith(".json") for name in names)
+
+
+def _names(entry: dict) -> set[str]:
+    out = {layer.get("digest", "") for layer in entry.get("layers") or [] if isinstance(layer, dict)}
+    out.add(entry.get("chain_id") or "")
+    out.discard("")
+    return out

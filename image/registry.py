@@ -436,7 +436,7 @@ class RegistryClient:
                             if size > max_size:
                                 raise LimitExceeded(f"{url}: more than {max_size} bytes, the most a layer holds "
                                                     "([image] max_layer_size)")
-                            f.write(chunk)
+                            await asyncio.to_thread(f.write, chunk)  # a slow disk must not hold the loop
                     return resp.headers.get("last-modified")
             except httpx.TimeoutException:
                 raise _TransientError(f"{url}: no answer for {self._timeout:g}s ({_TIMEOUT_SETTING})") from None

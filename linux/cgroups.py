@@ -315,6 +315,14 @@ def _wait_frozen(state_file: str) -> None:
         time.sleep(0.001)
 
 
+def _wait_frozen_v2(events: str) -> None:
+    # cgroup.freeze only asks; cgroup.events says "frozen 1" once every task is stopped.
+    for _ in range(_FREEZE_TRIES):
+        if "frozen 1" in _read(events):
+            return
+        time.sleep(0.001)
+
+
 def _rmdir(d: str, tries: int) -> None:
     for attempt in range(tries):
         try:
@@ -495,6 +503,8 @@ class Cgroup:
         try:
             if mode() == "v1":
                 _wait_frozen(state)
+            else:
+                _wait_frozen_v2(os.path.join(os.path.dirname(state), "cgroup.events"))
             yield
         finally:
             try:

@@ -7,14 +7,17 @@ import http.server
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
 import textwrap
 import threading
+import time
 
 import pytest
 
+from cri.build.run_step import cgroup_parent
 from tests.daemon import registry_config
 from tests.pods import Pods, serving
 
@@ -142,6 +145,7 @@ def test_multi_stage_copy_from_and_target(daemon, base, tmp_path):
         RUN exit 3
         """)
     build(daemon, ctx, "--target", "final", "-t", "localhost/staged:1")
+    assert "localhost/staged" in cricket(daemon, "images").stdout
     doc = inspect(daemon, "localhost/staged:1")
     assert len(doc["config"]["rootfs"]["diff_ids"]) == 2  # scratch, then two COPY layers
     assert "made" in run_in_pod(daemon, tmp_path, "localhost/staged:1")
@@ -186,7 +190,8 @@ def test_run_is_isolated_and_bounded(daemon, base, tmp_path):
     # [build] pids_limit (1024) stops the forks: the shell says so and the step fails.
     assert failed.returncode == 1 and "can't fork" in failed.stderr and "  all started\n" not in failed.stdout
     assert daemon.status(base).image.id  # the daemon serves
-    for top in ("/sys/fs/cgroup/pids/cricket-build", "/sys/fs/cgroup/cricket-build"):
+    parent = cgroup_parent(daemon.root)
+    for top in (f"/sys/fs/cgroup/pids{parent}", f"/sys/fs/cgroup{parent}"):
         if os.path.isdir(top):
             assert [d for d in os.listdir(top) if os.path.isdir(os.path.join(top, d))] == []
 
@@ -282,3 +287,66 @@ def test_add_fetches_a_url_without_unpacking_it(daemon, base, tmp_path):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_step_can_not_reach_the_host_through_its_own_symlinks(daemon, base, tmp_path):
+    victim = tmp_path / "host-dir"
+    victim.mkdir()
+    (victim / "hosts").write_text("")  # empty, as a mount stub would be
+    (victim / "resolv.conf").mkdir()
+    ctx = context(tmp_path, f"""\
+        FROM scratch
+        COPY --from={base} /bin/busybox /bin/busybox
+        RUN ["/bin/busybox", "ln", "-s", "{victim}", "/etc"]
+        """)
+    build(daemon, ctx, "--no-cache")
+    assert (victim / "hosts").exists() and (victim / "resolv.conf").is_dir()  # the host's, untouched
+
+
+def test_a_cancelled_build_ends_its_step(daemon, base, tmp_path):
+    ctx = context(tmp_path, f"FROM {base}\nRUN echo running; sleep 60\n")
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--socket", daemon.socket, "build", "--no-cache", ctx],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line == "  running\n":
+                break  # the step has started
+        proc.kill()  # the client goes away mid-step
+    finally:
+        proc.wait(timeout=30)
+    parent = cgroup_parent(daemon.root)
+    tops = [t for t in (f"/sys/fs/cgroup/pids{parent}", f"/sys/fs/cgroup{parent}") if os.path.isdir(t)]
+    for _ in range(200):
+        left = [d for t in tops for d in os.listdir(t) if os.path.isdir(os.path.join(t, d))]
+        if not left and os.listdir(os.path.join(daemon.root, "build")) == []:
+            break
+        time.sleep(0.05)
+    assert left == [] and os.listdir(os.path.join(daemon.root, "build")) == []
+
+
+def test_bad_input_is_refused_by_name(daemon, base, tmp_path):
+    cases = {
+        "EXPOSE 1-3000000": "ports 1-65535",
+        "ENV A=xxxxxxxxxxxxxxxx\n" + "ENV A=$A$A$A$A$A$A$A$A$A$A$A$A$A$A$A$A$A$A$A$A\n" * 8: "expand past",
+        "RUN touch /.wh.sneaky": "can not be a layer",
+        "RUN --network=host true": "RUN --network=host",
+        "COPY a b /dest": "must end with /",
+    }
+    for text, said in cases.items():
+        ctx = context(tmp_path, f"FROM {base}\n{text}\n", {"a": "a", "b": "b"})
+        done = build(daemon, ctx, "--no-cache", check=False)
+        assert done.returncode == 1 and said in done.stderr, (text, done.stderr)
+        assert "internal error" not in done.stderr
+    os.mknod(tmp_path / "context" / "tty", 0o600 | stat.S_IFCHR, os.makedev(5, 0))
+    ctx = context(tmp_path, f"FROM {base}\nCOPY tty /tty\n")
+    done = build(daemon, ctx, "--no-cache", check=False)
+    assert done.returncode == 1 and "internal error" not in done.stderr  # a device is never opened
+
+
+def test_chown_with_a_uid_alone_gives_that_gid(daemon, base, tmp_path):
+    ctx = context(tmp_path, f"""\
+        FROM {base}
+        COPY --chown=1234 a.txt /a.txt
+        RUN stat -c '%u:%g' /a.txt
+        """, {"a.txt": "a"})
+    assert "1234:1234" in build(daemon, ctx, "--no-cache").stdout

@@ -22,21 +22,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cri.build import copying, run_step
-from cri.build.workspace import Workspace
+from cri.build.workspace import Workspace, release
 from cri.errors import InvalidArgument
 from cri.oci_spec import DEFAULT_PATH, resolve_user
 from cri.runtime import Runtime
 from image import dockerfile as df
 from image.build_cache import step_key
+from image.layer_diff import LayerTooLarge
 from image.manifest import host_platform
 from image.metadata import ImageRecord
 from image.new_image import base_layers, now_rfc3339, record_image
 from image.pull import Puller
 from image.reference import parse_reference
 from image.registry import RegistryClient, RegistryError
+from image.space import is_out_of_space
 from image.unpack import unpack_layer
 
-NETWORKS = ("host", "none")
+NETWORKS = ("none", "host")
+# The most an instruction's variables may expand to: a config field is small, and the image
+# config holding them all is bounded as a pulled one is.
+MAX_EXPANDED = 1 << 20
 _DEFAULT_SHELL = ["/bin/sh", "-c"]
 
 
@@ -52,7 +57,7 @@ class Options:
     build_args: dict[str, str] = field(default_factory=dict)
     target: str = ""
     no_cache: bool = False
-    network: str = "host"
+    network: str = "none"
 
 
 @dataclass
@@ -67,13 +72,14 @@ class _Stage:
     cmd_set: bool = False
 
     @property
-    def run(self) -> dict:
+    def exec_config(self) -> dict:
+        """The image config's execution parameters (Env, Cmd, WorkingDir ...)."""
         return self.config.setdefault("config", {})
 
     def env(self) -> dict[str, str]:
         """What $NAME expands to: the ARGs in scope, under the ENV (ENV wins, as Docker has it)."""
         out = dict(self.args)
-        for item in self.run.get("Env") or []:
+        for item in self.exec_config.get("Env") or []:
             name, _, value = item.partition("=")
             out[name] = value
         return out
@@ -101,15 +107,21 @@ class Builder:
 
     async def build(self) -> ImageRecord:
         try:
+            names = [str(parse_reference(tag)) for tag in self.opts.tags]
+        except ValueError as e:
+            raise InvalidArgument(f"tag: {e}") from None  # before anything runs
+        try:
             doc = df.parse(self.opts.dockerfile)
         except df.DockerfileError as e:
             raise InvalidArgument(f"{self.opts.dockerfile_name}:{e}") from None
+        except RecursionError:
+            raise InvalidArgument(f"{self.opts.dockerfile_name}: nested too deep to read") from None
         stages = doc.stages
         if self.opts.target:
-            names = [s.name for s in stages]
-            if self.opts.target.lower() not in names:
+            stage_names = [s.name for s in stages]
+            if self.opts.target.lower() not in stage_names:
                 raise InvalidArgument(f"target stage {self.opts.target!r} is not in {self.opts.dockerfile_name}")
-            stages = stages[:names.index(self.opts.target.lower()) + 1]
+            stages = stages[:stage_names.index(self.opts.target.lower()) + 1]
         self._steps = sum(1 + len(s.instructions) for s in stages)
         self.escape = doc.escape
         self.editor = ConfigEditor(self.opts.dockerfile_name, doc.escape, self.opts.build_args)
@@ -123,13 +135,10 @@ class Builder:
                     self.stages[stage.name] = state
             assert state is not None  # parse() refuses a Dockerfile without FROM
             state.config["created"] = now_rfc3339()
-            names = [str(parse_reference(tag)) for tag in self.opts.tags]
-            return record_image(self.store, state.config, state.layers, state.chain_id, names)
+            return await asyncio.to_thread(record_image, self.store, state.config, state.layers, state.chain_id,
+                                           names)
         finally:
-            for key in self._held:
-                self.store.leases[key] -= 1
-                if self.store.leases[key] <= 0:
-                    del self.store.leases[key]
+            release(self.store, self._held)
 
     def _hold(self, *keys: str) -> None:
         for key in keys:
@@ -146,8 +155,14 @@ class Builder:
     async def _stage(self, stage: df.Stage, global_args: dict[str, str]) -> _Stage:
         self._announce(f"FROM {stage.base}" + (f" AS {stage.name}" if stage.name else ""))
         base = df.expand(stage.base, global_args, self.escape)
+        if stage.platform:
+            wanted = df.expand(stage.platform, global_args, self.escape)
+            here = host_platform()
+            if wanted not in (f"{here.os}/{here.architecture}", here.architecture):
+                raise InvalidArgument(f"{self.opts.dockerfile_name}:{stage.line}: FROM --platform={wanted}: this "
+                                      f"node builds for {here.os}/{here.architecture} only")
         state = await self._base(base, stage.line)
-        for trigger in list(state.run.pop("OnBuild", None) or []):
+        for trigger in list(state.exec_config.pop("OnBuild", None) or []):
             try:
                 inst = df.parse_instruction(trigger, stage.line, self.escape)
             except df.DockerfileError as e:
@@ -179,6 +194,7 @@ class Builder:
         layers = await asyncio.to_thread(base_layers, self.store, rec)
         self._hold(*(layer["digest"] for layer in layers))
         config = copy_module.deepcopy(rec.config)
+        _check_base_config(config, base)
         config.setdefault("history", [])
         config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
         return _Stage(config, layers, rec.chain_id, step_key("", rec.id))
@@ -192,16 +208,16 @@ class Builder:
             self.editor.declare(state, inst)  # an ARG is no part of the image
         else:
             self.editor.apply(state, inst)
-            state.key = step_key(state.key, inst.keyword, state.run)
+            state.key = step_key(state.key, inst.keyword, state.exec_config)
             _history(state, inst.text, empty=True)
 
     async def _layer_step(self, state: _Stage, inst: df.Instruction) -> None:
         env = state.env()
         work, parts = await self._prepare(state, inst, env)
-        key = step_key(state.key, inst.keyword, state.run, parts)
+        key = step_key(state.key, inst.keyword, state.exec_config, parts)
         cache = self.store.build_cache
-        entry = None if self.opts.no_cache else cache.get(key)
-        if entry is not None and self._usable(entry):
+        entry = None if self.opts.no_cache else await asyncio.to_thread(cache.get, key)
+        if entry is not None and await asyncio.to_thread(self._usable, entry):
             self.emit("  using cache")
             self._hold(entry["chain_id"], *(layer["digest"] for layer in entry["layers"]))
             state.layers, state.chain_id = list(entry["layers"]), entry["chain_id"]
@@ -209,13 +225,17 @@ class Builder:
             state.config.setdefault("history", []).append(entry["history"])
             state.key = key
             return
-        step = self.ws.new_step()
-        rootfs = self.ws.mount(step, state.chain_id)
+        step = await asyncio.to_thread(self.ws.new_step)
+        rootfs = await asyncio.to_thread(self.ws.mount, step, state.chain_id)
         try:
             await work(rootfs, step)
         finally:
-            self.ws.unmount(rootfs)
-        layer = await asyncio.to_thread(self.ws.layer, step, state.chain_id, self.puller.limits.max_layer_size)
+            await asyncio.to_thread(self.ws.unmount, rootfs)
+        try:
+            layer = await self.ws.layer(step, state.chain_id, self.puller.limits.max_layer_size)
+        except (ValueError, LayerTooLarge) as e:  # what the step left can not be a layer: say which step
+            raise BuildFailed(f"step {self._step}/{self._steps} ({self.opts.dockerfile_name} line {inst.line}) "
+                              f"{inst.text}: its changes can not be a layer: {e}") from None
         await asyncio.to_thread(self.ws.forget, step)
         _history(state, inst.text, empty=layer is None)
         if layer is not None:
@@ -224,8 +244,9 @@ class Builder:
             state.chain_id = layer.chain_id
             rootfs_doc = state.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
             rootfs_doc["diff_ids"] = [*(rootfs_doc.get("diff_ids") or []), layer.diff_id]
-        cache.put(key, {"layers": state.layers, "chain_id": state.chain_id,
-                        "diff_ids": state.config["rootfs"]["diff_ids"], "history": state.config["history"][-1]})
+        await asyncio.to_thread(cache.put, key, {
+            "layers": state.layers, "chain_id": state.chain_id, "diff_ids": state.config["rootfs"]["diff_ids"],
+            "history": state.config["history"][-1]})
         state.key = key
 
     def _usable(self, entry: dict) -> bool:
@@ -239,7 +260,7 @@ class Builder:
             return self._run(state, inst, env)
         if inst.keyword == "WORKDIR":
             self.editor.apply(state, inst)
-            path = state.run["WorkingDir"]
+            path = state.exec_config["WorkingDir"]
 
             async def make(rootfs: str, step: str) -> None:
                 await asyncio.to_thread(copying.make_dir, rootfs, path)
@@ -248,32 +269,39 @@ class Builder:
 
     def _run(self, state: _Stage, inst: df.Instruction, env: dict[str, str]):
         argv = inst.exec_form if inst.exec_form is not None else [*_shell(state), inst.args]
-        image_env = list(state.run.get("Env") or [])
+        network = inst.flags.get("network", "default")
+        if network == "default":
+            network = self.opts.network
+        elif network not in NETWORKS or (network == "host" and self.opts.network != "host"):
+            raise InvalidArgument(f"{self.opts.dockerfile_name}:{inst.line}: RUN --network={network}: want none, "
+                                  "default, or host in a build run with --network host")
+        image_env = list(state.exec_config.get("Env") or [])
         names = {e.partition("=")[0] for e in image_env}
         run_env = image_env + [f"{k}={v}" for k, v in state.args.items() if k not in names]
         if "PATH" not in names:
             run_env.append(DEFAULT_PATH)
-        cwd = state.run.get("WorkingDir") or "/"
+        cwd = state.exec_config.get("WorkingDir") or "/"
 
         async def work(rootfs: str, step: str) -> None:
             await asyncio.to_thread(copying.make_dir, rootfs, cwd)
             outcome = await run_step.run(self.rt, run_step.Step(
-                bundle=step, argv=argv, env=run_env, cwd=cwd, user=state.run.get("User") or "",
-                network=self.opts.network, hosts_files=self._hosts_files()), lambda line: self.emit("  " + line))
+                bundle=step, argv=argv, env=run_env, cwd=cwd, user=state.exec_config.get("User") or "",
+                network=network, hosts_files=await asyncio.to_thread(self._hosts_files, network)),
+                lambda line: self.emit("  " + line))
             if outcome.exit_code != 0:
                 tail = "".join(f"\n  | {line}" for line in outcome.last_lines)
                 why = f"exit code {outcome.exit_code}" + (f" ({outcome.reason})" if outcome.reason else "")
                 raise BuildFailed(f"step {self._step}/{self._steps} ({self.opts.dockerfile_name} line {inst.line}) "
                                   f"failed: {inst.text}: {why}" + (f"; its last output:{tail}" if tail else ""))
-        return work, [argv, run_env, self.opts.network]
+        return work, [argv, run_env, network]
 
-    def _hosts_files(self) -> dict[str, str]:
+    def _hosts_files(self, network: str) -> dict[str, str]:
         hosts = os.path.join(self.ws.root, "hosts")
         if not os.path.exists(hosts):
             with open(hosts, "w") as f:
                 f.write("127.0.0.1\tlocalhost buildsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n")
         files = {"/etc/hosts": hosts}
-        if self.opts.network == "host" and os.path.isfile("/etc/resolv.conf"):
+        if network == "host" and os.path.isfile("/etc/resolv.conf"):
             files["/etc/resolv.conf"] = os.path.realpath("/etc/resolv.conf")
         return files
 
@@ -290,7 +318,8 @@ class Builder:
         if urls and (inst.keyword != "ADD" or len(urls) != len(patterns)):
             raise InvalidArgument(f"{what}: only ADD takes URLs, and then only URLs")
         if not dest.startswith("/"):
-            dest = posixpath.join(state.run.get("WorkingDir") or "/", dest) + ("/" if dest.endswith("/") else "")
+            workdir = state.exec_config.get("WorkingDir") or "/"
+            dest = posixpath.join(workdir, dest) + ("/" if dest.endswith("/") else "")
         src_root = self.ws.context
         if urls:
             src_root, patterns = await self._download(urls, what)
@@ -317,22 +346,28 @@ class Builder:
             owner = None
             if chown:
                 user = await asyncio.to_thread(resolve_user, rootfs, chown, None, [])
-                owner = (user["uid"], user["gid"])
-            elif from_context:
-                owner = (0, 0)
-            own = copying.Ownership(owner, mode)
+                # A user without a group: its uid is the gid too, as Docker documents it.
+                owner = (user["uid"], user["gid"] if ":" in chown else user["uid"])
+            own = copying.Ownership(owner or ((0, 0) if from_context else None), mode)
             budget = copying.Budget(limits.max_layer_size, limits.max_layer_entries)
             try:
                 if inst.keyword == "ADD" and not urls:
-                    await self._add(sources, rootfs, dest, own, budget, step)
+                    await self._add(sources, rootfs, dest, own, owner is not None, budget, step)
                 else:
                     # A download is copied as it came, never unpacked (as Docker has it).
                     await asyncio.to_thread(copying.copy, src_root, sources, rootfs, dest, own, budget)
             except copying.CopyRefused as e:
                 raise InvalidArgument(f"{what}: {e}") from None
-        return work, [patterns, dest, digest, chown, chmod]
+            except OSError as e:
+                if is_out_of_space(e):
+                    raise
+                raise InvalidArgument(f"{what}: {e.strerror or e}") from None
+        # Where the files come from is part of the key: the same bytes from the context and
+        # from a stage are copied with different owners.
+        origin = "context" if from_context else f"from:{inst.flags.get('from', '')}" if not urls else "urls"
+        return work, [patterns, dest, digest, chown, chmod, origin]
 
-    async def _add(self, sources: list[str], rootfs: str, dest: str, own: copying.Ownership,
+    async def _add(self, sources: list[str], rootfs: str, dest: str, own: copying.Ownership, chowned: bool,
                    budget: copying.Budget, step: str) -> None:
         """ADD: a local tar (plain or compressed) is unpacked at dest, as hostile as a layer is
         (no member leads out, bounded like one); anything else is copied as COPY does."""
@@ -348,7 +383,7 @@ class Builder:
                         await asyncio.to_thread(unpack_layer, f"/proc/self/fd/{fd}", None, unpacked,
                                                 self.puller.limits)
                         # Its members keep the owners the archive gives them, unless --chown says.
-                        kept = copying.Ownership(own.owner if own.owner != (0, 0) else None, own.mode)
+                        kept = copying.Ownership(own.owner if chowned else None, own.mode)
                         await asyncio.to_thread(copying.copy, unpacked, ["."], rootfs, dest.rstrip("/") + "/",
                                                 kept, budget)
                     finally:
@@ -409,11 +444,11 @@ def new_config() -> dict:
 
 
 def _shell(state: _Stage) -> list[str]:
-    return list(state.run.get("Shell") or _DEFAULT_SHELL)
+    return list(state.exec_config.get("Shell") or _DEFAULT_SHELL)
 
 
-def _history(state: _Stage, created_by: str, empty: bool, comment: str = "cricket build") -> None:
-    entry: dict = {"created": now_rfc3339(), "created_by": created_by, "comment": comment}
+def _history(state: _Stage, created_by: str, empty: bool) -> None:
+    entry: dict = {"created": now_rfc3339(), "created_by": created_by, "comment": "cricket build"}
     if empty:
         entry["empty_layer"] = True
     state.config.setdefault("history", []).append(entry)
@@ -429,10 +464,20 @@ class ConfigEditor:
         self.globals: dict[str, str] = {}
 
     def parsed(self, inst: df.Instruction, fn, *args):
+        """fn(*args) for `inst`: its errors named by the line, and what it expands bounded: each
+        $ may take in at most the longest value in scope, so the text may grow to no more than
+        that many times, and a Dockerfile that doubles a variable line by line ends at the bound."""
+        env = next((a for a in args if isinstance(a, dict)), {})
+        longest = max((len(v) for v in env.values()), default=0)
+        if len(inst.text) + inst.text.count("$") * longest > MAX_EXPANDED:
+            raise InvalidArgument(f"{self.name}:{inst.line}: {inst.keyword}: its variables expand past "
+                                  f"{MAX_EXPANDED} bytes")
         try:
             return fn(*args)
         except df.DockerfileError as e:
             raise InvalidArgument(f"{self.name}:{inst.line}: {inst.keyword}: {e.message}") from None
+        except RecursionError:
+            raise InvalidArgument(f"{self.name}:{inst.line}: {inst.keyword}: nested too deep to expand") from None
 
     def global_args(self, insts: list[df.Instruction]) -> dict[str, str]:
         """The ARGs before the first FROM: what FROM lines expand with, and stages may declare."""
@@ -453,7 +498,7 @@ class ConfigEditor:
                 state.args[name] = self.globals[name]
 
     def apply(self, state: _Stage, inst: df.Instruction) -> None:
-        kw, run, env = inst.keyword, state.run, state.env()
+        kw, run, env = inst.keyword, state.exec_config, state.env()
         if kw == "ENV":
             pairs = dict(self.parsed(inst, df.key_values, inst, env, self.escape))
             kept = [e for e in run.get("Env") or [] if e.partition("=")[0] not in pairs]
@@ -477,9 +522,11 @@ class ConfigEditor:
                 ports.update({p: {} for p in _ports(word, inst, self.name)})
             run["ExposedPorts"] = ports
         elif kw == "VOLUME":
-            paths = inst.exec_form if inst.exec_form is not None else \
-                self.parsed(inst, df.words, inst.args, env, self.escape)
-            run["Volumes"] = {**(run.get("Volumes") or {}), **{df.expand(p, env, self.escape): {} for p in paths}}
+            if inst.exec_form is not None:
+                paths = [self.parsed(inst, df.expand, p, env, self.escape) for p in inst.exec_form]
+            else:
+                paths = self.parsed(inst, df.words, inst.args, env, self.escape)
+            run["Volumes"] = {**(run.get("Volumes") or {}), **{p: {} for p in paths}}
         elif kw in ("USER", "STOPSIGNAL"):
             run["User" if kw == "USER" else "StopSignal"] = self.parsed(inst, df.expand, inst.args, env, self.escape)
         elif kw == "WORKDIR":
@@ -513,6 +560,27 @@ def _ports(word: str, inst: df.Instruction, name: str) -> list[str]:
     port, _, proto = word.partition("/")
     proto = (proto or "tcp").lower()
     low, _, high = port.partition("-")
-    if not low.isdigit() or (high and not high.isdigit()) or proto not in ("tcp", "udp", "sctp"):
-        raise InvalidArgument(f"{name}:{inst.line}: EXPOSE {word}: want PORT[-PORT][/tcp|udp|sctp]")
+    if not low.isdigit() or (high and not high.isdigit()) or proto not in ("tcp", "udp", "sctp") \
+            or not 0 < int(low) <= int(high or low) <= 65535:
+        raise InvalidArgument(f"{name}:{inst.line}: EXPOSE {word}: want PORT[-PORT][/tcp|udp|sctp], ports 1-65535")
     return [f"{p}/{proto}" for p in range(int(low), int(high or low) + 1)]
+
+
+def _check_base_config(config: dict, base: str) -> None:
+    """The fields of a base image's config that a build reads, of the types it reads them as:
+    the image is someone else's, and a wrong type must be its error, not the daemon's."""
+    run = config.get("config")
+    if run is None:
+        config["config"] = run = {}
+    kinds = {"Env": list, "Cmd": list, "Entrypoint": list, "Shell": list, "OnBuild": list, "Labels": dict,
+             "ExposedPorts": dict, "Volumes": dict, "WorkingDir": str, "User": str}
+    problems = [name for name, kind in kinds.items() if run.get(name) is not None
+                and not isinstance(run.get(name), kind)] if isinstance(run, dict) else ["config"]
+    for name in ("Env", "Cmd", "Entrypoint", "Shell", "OnBuild"):
+        if isinstance(run, dict) and isinstance(run.get(name), list) and \
+                not all(isinstance(item, str) for item in run[name]):
+            problems.append(name)
+    if not isinstance(config.get("history", []), list) or not isinstance(config.get("rootfs", {}), dict):
+        problems.append("history or rootfs")
+    if problems:
+        raise InvalidArgument(f"FROM {base}: the image's config has {', '.join(problems)} of the wrong type")

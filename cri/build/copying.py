@@ -20,11 +20,13 @@ import stat
 import tarfile
 from dataclasses import dataclass
 
-from linux.openat2 import mkdirs_in_root, open_in_root
+from linux.openat2 import fd_path, mkdirs_in_root, open_in_root, reopen_regular
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _MAX_DEPTH = 256
+# The overlay's own bookkeeping and labels that belong to the destination, not the file.
+_SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.", "security.selinux")
 
 
 class CopyRefused(ValueError):
@@ -74,8 +76,10 @@ def _glob(root: str, parts: list[str], prefix: str = "") -> list[str]:
     if not any(c in head for c in "*?["):
         path = f"{prefix}/{head}" if prefix else head
         return _glob(root, rest, path) if _exists(root, path) else []
-    fd = _open(root, prefix or ".", os.O_RDONLY | os.O_DIRECTORY)
-    if fd is None:
+    fd = _open(root, prefix or ".")
+    if fd is None or not stat.S_ISDIR(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
         return []
     try:
         names = os.listdir(fd)
@@ -88,59 +92,101 @@ def _glob(root: str, parts: list[str], prefix: str = "") -> list[str]:
     return out
 
 
-def _open(root: str, rel: str, flags: int) -> int | None:
+def _open(root: str, rel: str) -> int | None:
+    """A file or directory of the tree, resolved inside it, opened for reading — never anything
+    else: the path is held with O_PATH and checked before it is opened (a FIFO's open waits, a
+    device's open acts). None when there is no such entry or it is of another kind."""
     root_fd = os.open(root, _DIR)
     try:
-        return open_in_root(root_fd, rel, flags | os.O_CLOEXEC)
+        try:
+            held = open_in_root(root_fd, rel, os.O_PATH | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise CopyRefused(f"{rel!r}: {e.strerror}") from None
+    finally:
+        os.close(root_fd)
+    try:
+        return _reopen(held)
+    finally:
+        os.close(held)
+
+
+def _reopen(held: int) -> int | None:
+    mode = os.fstat(held).st_mode
+    if stat.S_ISDIR(mode):
+        return os.open(fd_path(held), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if stat.S_ISREG(mode):
+        return reopen_regular(held)
+    return None
+
+
+def _open_at(dirfd: int, name: str) -> int | None:
+    """An entry of a directory (never followed if a symlink), opened as _open() opens."""
+    held = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        return _reopen(held)
+    finally:
+        os.close(held)
+
+
+def _exists(root: str, rel: str) -> bool:
+    root_fd = os.open(root, _DIR)
+    try:
+        os.close(open_in_root(root_fd, rel, os.O_PATH | os.O_CLOEXEC))
+        return True
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return False
+    except OSError as e:
+        raise CopyRefused(f"{rel!r}: {e.strerror}") from None
     finally:
         os.close(root_fd)
 
 
-def _exists(root: str, rel: str) -> bool:
-    fd = _open(root, rel, os.O_PATH)
-    if fd is None:
-        return False
-    os.close(fd)
-    return True
-
-
 def digest(root: str, sources: list[str]) -> str:
     """A hash of what the sources hold — names, kinds, modes, owners, link targets, data; not
-    times — for the build cache's key."""
+    times — for the build cache's key. Every field is framed by its length, so no two trees
+    hash alike by moving bytes from one field into the next."""
     h = hashlib.sha256()
     for rel in sources:
-        fd = _open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+        fd = _open(root, rel)
         if fd is None:
-            raise CopyRefused(f"{rel!r} went away during the build")
+            raise CopyRefused(f"{rel!r}: not a file or directory")
         try:
-            h.update(rel.encode() + b"\0")
+            _field(h, rel.encode())
             _hash_entry(h, fd, 0)
         finally:
             os.close(fd)
     return h.hexdigest()
 
 
+def _field(h, data: bytes) -> None:
+    h.update(len(data).to_bytes(8, "big") + data)
+
+
 def _hash_entry(h, fd: int, depth: int) -> None:
     st = os.fstat(fd)
-    h.update(f"{stat.S_IFMT(st.st_mode)} {stat.S_IMODE(st.st_mode)} {st.st_uid} {st.st_gid} {st.st_size}\0".encode())
+    _field(h, f"{stat.S_IFMT(st.st_mode)} {stat.S_IMODE(st.st_mode)} {st.st_uid} {st.st_gid} {st.st_size}".encode())
     if stat.S_ISREG(st.st_mode):
         while chunk := os.read(fd, _CHUNK):
             h.update(chunk)
-    elif stat.S_ISDIR(st.st_mode) and depth < _MAX_DEPTH:
-        for name in sorted(os.listdir(fd)):
-            h.update(b"\1" + name.encode() + b"\0")
-            sub = os.lstat(name, dir_fd=fd)
-            if stat.S_ISLNK(sub.st_mode):
-                h.update(b"link " + os.readlink(name, dir_fd=fd).encode())
-            elif stat.S_ISDIR(sub.st_mode) or stat.S_ISREG(sub.st_mode):
-                child = os.open(name, (_DIR if stat.S_ISDIR(sub.st_mode) else os.O_RDONLY) | os.O_NOFOLLOW
-                                | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
-                try:
-                    _hash_entry(h, child, depth + 1)
-                finally:
-                    os.close(child)
+        return
+    if depth >= _MAX_DEPTH:
+        raise CopyRefused(f"directories nested deeper than {_MAX_DEPTH}")
+    for name in sorted(os.listdir(fd)):
+        _field(h, name.encode())
+        sub = os.lstat(name, dir_fd=fd)
+        if stat.S_ISLNK(sub.st_mode):
+            _field(h, b"link:" + os.readlink(name, dir_fd=fd).encode())
+            continue
+        child = _open_at(fd, name) if stat.S_ISDIR(sub.st_mode) or stat.S_ISREG(sub.st_mode) else None
+        if child is None:
+            _field(h, b"skipped")  # not copied either
+            continue
+        try:
+            _hash_entry(h, child, depth + 1)
+        finally:
+            os.close(child)
 
 
 @dataclass
@@ -151,7 +197,9 @@ class Ownership:
 
 def copy(src_root: str, sources: list[str], rootfs: str, dest: str, own: Ownership, budget: Budget) -> None:
     """Copy `sources` (relative to `src_root`) to `dest` (absolute, in `rootfs`). Blocking."""
-    to_dir = dest.endswith("/") or len(sources) > 1
+    to_dir = dest.endswith(("/", "/.")) or dest == "."
+    if len(sources) > 1 and not to_dir:
+        raise CopyRefused(f"several sources go to {dest!r}: a destination of several must end with /")
     root_fd = os.open(rootfs, _DIR)
     try:
         if not to_dir:
@@ -160,9 +208,9 @@ def copy(src_root: str, sources: list[str], rootfs: str, dest: str, own: Ownersh
                 to_dir = stat.S_ISDIR(os.fstat(existing).st_mode)
                 os.close(existing)
         for rel in sources:
-            src = _open(src_root, rel, os.O_RDONLY | os.O_NONBLOCK)
+            src = _open(src_root, rel)
             if src is None:
-                raise CopyRefused(f"{rel!r}: no such file or directory in the build context")
+                raise CopyRefused(f"{rel!r}: no file or directory of that name to copy")
             try:
                 st = os.fstat(src)
                 if stat.S_ISDIR(st.st_mode):
@@ -204,11 +252,14 @@ def _dest_dir(root_fd: int, path: str) -> int:
 
 
 def _into_dir(root_fd: int, dest: str, src: int, own: Ownership, budget: Budget, rel: str) -> None:
-    created = _opened(root_fd, dest) is None
+    existing = _opened(root_fd, dest)
+    created = existing is None
+    if existing is not None:
+        os.close(existing)
     d = _dest_dir(root_fd, dest)
     try:
         if created:
-            _finish(d, os.fstat(src), own)
+            _finish(d, os.fstat(src), own, src)
         _tree(src, d, own, budget, rel, 0)
     finally:
         os.close(d)
@@ -228,22 +279,24 @@ def _tree(src: int, dst: int, own: Ownership, budget: Budget, rel: str, depth: i
                 existing = None
             if existing is None:
                 os.mkdir(name, 0o700, dir_fd=dst)
-            s = os.open(name, _DIR, dir_fd=src)
+            s = os.open(name, _DIR, dir_fd=src)  # O_NOFOLLOW|O_DIRECTORY: a swapped-in link or file fails
             try:
                 d = os.open(name, _DIR, dir_fd=dst)
                 try:
                     _tree(s, d, own, budget, path, depth + 1)
-                    _finish(d, st, own)
+                    _finish(d, st, own, s)
                 finally:
                     os.close(d)
             finally:
                 os.close(s)
         elif stat.S_ISREG(st.st_mode):
-            s = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src)
+            f = _open_at(src, name)
+            if f is None:
+                raise CopyRefused(f"{path!r} changed while it was copied")
             try:
-                _file(s, os.fstat(s), dst, name, own, budget, path)
+                _file(f, os.fstat(f), dst, name, own, budget, path)
             finally:
-                os.close(s)
+                os.close(f)
         elif stat.S_ISLNK(st.st_mode):
             budget.charge(0, path)
             _clear(dst, name, path)
@@ -283,22 +336,26 @@ def _file(src: int, st: os.stat_result, dst_dir: int, name: str, own: Ownership,
             if sent == 0:
                 break  # shrank while copied: what is there is what it holds
             offset += sent
-        _finish(w, st, own)
+        _finish(w, st, own, src)
     finally:
         os.close(w)
 
 
-def _finish(fd: int, st: os.stat_result, own: Ownership) -> None:
-    # Owner first: chown clears the setuid bits that the mode then sets again.
+def _finish(fd: int, st: os.stat_result, own: Ownership, src: int | None = None) -> None:
+    # Owner first: chown clears the setuid bits and file capabilities that mode and xattrs set again.
     os.chown(fd, *(own.owner or (st.st_uid, st.st_gid)))
     mode = own.mode if own.mode is not None else stat.S_IMODE(st.st_mode)
     os.chmod(fd, mode)
+    if src is not None:
+        for name in os.listxattr(src):
+            if not name.startswith(_SKIPPED_XATTRS):
+                os.setxattr(fd, name, os.getxattr(src, name))
     os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
 
 
 def open_file(root: str, rel: str) -> int | None:
     """A regular file of the tree, opened for reading inside it; None for anything else."""
-    fd = _open(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+    fd = _open(root, rel)
     if fd is not None and not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         return None

@@ -3,17 +3,20 @@
 It is isolated as a pod's container is by default — new mount, PID, IPC and UTS namespaces,
 the default capabilities, the runtime's default seccomp profile, no new privileges, masked
 and read-only /proc paths, a device cgroup — and in a cgroup of its own with a bound on its
-processes ([build] pids_limit). Its network is the host's or none (a namespace with only a
-loopback). Its shim comes from the zygote like any container's, and writes the output to a
-CRI log, which is read back line by line while the step runs.
+processes ([build] pids_limit). Its network is none (a namespace with only a loopback, the
+default) or the host's (asked for with --network host). Its shim comes from the zygote like
+any container's, and writes the output to a CRI log, which is read back line by line while
+the step runs.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
 import secrets
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,12 +30,17 @@ from linux.cgroups import Cgroup
 from linux.cgroups import mode as cgroup_mode
 
 CGROUP_PARENT = "/cricket-build"
+# What one step may write to its log before the log is rotated (the live file and one more
+# are kept): the output is streamed to the client as it comes, and a step that prints without
+# end must not fill the disk.
+LOG_MAX_SIZE = 16 << 20
 # The mount points the executor makes in the rootfs when the image lacks them: made by the
 # step, not by the Dockerfile, so an empty one is left out of the layer (as BuildKit does).
 MOUNT_POINTS = ("proc", "dev", "sys", "etc/hosts", "etc/resolv.conf", "etc")
 _LOG_LINE = re.compile(rb"^\S+ (stdout|stderr) ([PF]) (.*)$")
 _POLL_SECONDS = 0.1
 _KEEP_LINES = 20  # output lines a failure quotes
+_READ_MAX = LOG_MAX_SIZE  # one read takes at most a whole log
 
 
 @dataclass
@@ -55,7 +63,13 @@ class Outcome:
     last_lines: list[str]
 
 
-def spec(step: Step, process_user: dict, pids_limit: int) -> dict:
+def cgroup_parent(root_dir: str) -> str:
+    """The cgroup under which one daemon's build steps run: its own, so that the daemon's
+    clean-up after a crash ends its steps and no other daemon's."""
+    return f"{CGROUP_PARENT}/{hashlib.sha256(root_dir.encode()).hexdigest()[:12]}"
+
+
+def spec(step: Step, process_user: dict, pids_limit: int, parent: str) -> dict:
     ctx = pb.LinuxContainerSecurityContext(seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
     capabilities = security.capability_sets(ctx, list(oci_spec.DEFAULT_CAPS))
     files = [pb.Mount(container_path=dest, host_path=source, readonly=True)
@@ -74,7 +88,7 @@ def spec(step: Step, process_user: dict, pids_limit: int) -> dict:
         "mounts": oci_spec.mounts(pb.ContainerConfig(), files, []),
         "linux": {
             "namespaces": namespaces,
-            "cgroupsPath": f"{CGROUP_PARENT}/{os.path.basename(step.bundle)}-{secrets.token_hex(4)}",
+            "cgroupsPath": f"{parent}/{os.path.basename(step.bundle)}-{secrets.token_hex(4)}",
             "resources": {"pids": {"limit": pids_limit}, "devices": oci_spec.device_rules(False)},
             "maskedPaths": list(oci_spec.MASKED_PATHS),
             "readonlyPaths": list(oci_spec.READONLY_PATHS),
@@ -87,7 +101,7 @@ async def run(rt: Runtime, step: Step, emit: Callable[[str], None]) -> Outcome:
     """Run the step to its end; each line of its output goes to `emit` as it comes."""
     rootfs = os.path.join(step.bundle, "rootfs")
     process_user = await asyncio.to_thread(oci_spec.resolve_user, rootfs, step.user, None, [])
-    doc = spec(step, process_user, rt.config.build.pids_limit)
+    doc = spec(step, process_user, rt.config.build.pids_limit, cgroup_parent(rt.config.root_dir))
     with open(os.path.join(step.bundle, "config.json"), "w") as f:
         f.write(json.dumps(doc))
     socket = os.path.join(step.bundle, "shim.sock")
@@ -95,17 +109,18 @@ async def run(rt: Runtime, step: Step, emit: Callable[[str], None]) -> Outcome:
     shim_pid = await rt.zygote.spawn_shim(shim_pb.SpawnShim(
         container_id=os.path.basename(step.bundle), bundle=step.bundle, socket=socket,
         exit_file=os.path.join(step.bundle, "exit"), log_path=log_path,
-        shim_log=os.path.join(step.bundle, "shim.log")))
+        shim_log=os.path.join(step.bundle, "shim.log"), log_max_size=LOG_MAX_SIZE, log_max_files=2))
     shim = ShimClient(socket)
     output = _Output(log_path, emit)
     exit_file = os.path.join(step.bundle, "exit")
+    ended = False
     try:
         await shim.wait_created()
         await shim.start()
         waiting = asyncio.ensure_future(shim.wait())
         while not waiting.done():
             await asyncio.wait([waiting], timeout=_POLL_SECONDS)
-            output.read()
+            await asyncio.to_thread(output.read)
         try:
             state = waiting.result()
             code, reason = state.exit_code, state.reason
@@ -117,14 +132,21 @@ async def run(rt: Runtime, step: Step, emit: Callable[[str], None]) -> Outcome:
             if record is None:
                 raise
             code, reason = int(record.get("exit_code", -1)), str(record.get("reason") or "")
-        output.read()
+        ended = True
+        await asyncio.to_thread(output.read)
         output.flush()
         return Outcome(code, reason, output.last)
     except ShimError as e:
-        output.read()
+        ended = True
+        await asyncio.to_thread(output.read)
         output.flush()
         return Outcome(-1, f"the step could not run: {e}", output.last)
     finally:
+        if not ended:  # cancelled (the client went away): the step ends with the build
+            try:
+                await shim.kill(signal.SIGKILL, all=True)
+            except ShimError:
+                pass
         try:
             await shim.shutdown()
         except ShimError:
@@ -154,10 +176,14 @@ class _Output:
         self.last: list[str] = []
 
     def read(self) -> None:
+        """What the log gained since the last read (blocking: call it in a thread). A log
+        rotated meanwhile is read from its start: what went with the old file is not shown."""
         try:
             with open(self._path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self._offset:
+                    self._offset = 0
                 f.seek(self._offset)
-                data = f.read(1 << 20)
+                data = f.read(_READ_MAX)
         except FileNotFoundError:
             return
         self._offset += len(data)

@@ -7,6 +7,7 @@ are unpacked as hostile as a layer is (image/unpack.py). Every blocking step run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -17,18 +18,18 @@ from api.admin.v1 import admin_pb2 as apb
 from cri import memory
 from cri.build import builder
 from cri.build.run_step import MOUNT_POINTS
-from cri.build.workspace import Workspace, drop_mount_stubs
+from cri.build.workspace import Workspace, drop_mount_stubs, release
 from cri.container_lifecycle import container_cgroup
 from cri.errors import FailedPrecondition, InvalidArgument, status_for
 from cri.runtime import Runtime
 from image.layer_diff import LayerTooLarge, write_layer, write_tree
 from image.limits import ImageLimits
-from image.new_image import HashingWriter, base_layers, now_rfc3339, record_image
+from image.new_image import base_layers, now_rfc3339, record_image
 from image.pull import Puller
 from image.reference import parse_reference
 from image.registry import RegistryClient
 from image.store import ImageStore
-from image.unpack import LayerError, unpack_layer
+from image.unpack import LayerError, UnsafeLayerError, unpack_layer
 from linux.cgroups import Cgroup
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,47 @@ _CONTAINER_MOUNT_POINTS = (*MOUNT_POINTS, "etc/hostname", "dev/shm", "dev/termin
 
 
 async def _abort(context, exc: BaseException, what: str) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # aborted already, with its own status
     code = status_for(exc)
     if isinstance(exc, builder.BuildFailed):
         code = grpc.StatusCode.ABORTED
-    elif isinstance(exc, (LayerError, LayerTooLarge)):
+    elif isinstance(exc, LayerTooLarge):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif isinstance(exc, (LayerError, UnsafeLayerError, ValueError)) and code is None:
+        # What a container or a tar holds that can not be a layer (a .wh. name, a tree too deep).
         code = grpc.StatusCode.INVALID_ARGUMENT
     if code is None:
         log.exception("%s failed", what)
         await context.abort(grpc.StatusCode.INTERNAL, f"{what}: internal error: {exc!r}")
     await context.abort(code, f"{what}: {exc}")
+
+
+class _Lines:
+    """A build's output on its way to the client. Bounded: a client that reads slower than a
+    step prints loses lines (and is told how many), rather than the daemon holding them all."""
+
+    MAX = 10_000
+
+    def __init__(self):
+        self._lines: list[str] = []
+        self._dropped = 0
+        self.ready = asyncio.Event()
+
+    def put(self, text: str) -> None:
+        if len(self._lines) >= self.MAX:
+            self._dropped += 1
+        else:
+            self._lines.append(text)
+        self.ready.set()
+
+    def take(self) -> list[str]:
+        out, self._lines = self._lines, []
+        if self._dropped:
+            out.append(f"  ({self._dropped} lines of output dropped: the client read too slowly)")
+            self._dropped = 0
+        self.ready.clear()
+        return out
 
 
 class ImageMaking:
@@ -58,7 +91,8 @@ class ImageMaking:
     max_archive_size: int
 
     async def _receive(self, first_and_rest, path: str, context, what: str) -> None:
-        """Chunks into the file at `path`, bounded."""
+        """Chunks into the file at `path`, bounded; each written in a thread (a slow disk must
+        not hold up the other calls)."""
         size = 0
         with open(path, "wb") as out:
             async for data in first_and_rest:
@@ -66,7 +100,7 @@ class ImageMaking:
                 if size > self.max_archive_size:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                         f"{what}: over {self.max_archive_size} bytes, the most the daemon takes")
-                out.write(data)
+                await asyncio.to_thread(out.write, data)
 
     async def Build(self, request_iterator, context):
         first = await anext(request_iterator.__aiter__(), None)
@@ -78,7 +112,8 @@ class ImageMaking:
                                   tags=list(o.tags), build_args=dict(o.build_args), target=o.target,
                                   no_cache=o.no_cache, network=o.network or "host")
         ws = await asyncio.to_thread(Workspace, self.store, self.rt.config.root_dir)
-        lines: asyncio.Queue[str] = asyncio.Queue()
+        output = _Lines()
+        work: asyncio.Future | None = None
         try:
             async def chunks():
                 async for message in request_iterator:
@@ -89,25 +124,28 @@ class ImageMaking:
                 await asyncio.to_thread(unpack_layer, archive, None, ws.context, self.puller.limits)
             except LayerError as e:
                 raise InvalidArgument(f"the build context: {e}") from None
-            os.unlink(archive)
+            await asyncio.to_thread(os.unlink, archive)
             work = asyncio.ensure_future(builder.Builder(self.rt, self.puller, self.client, options, ws,
-                                                          lines.put_nowait).build())
+                                                         output.put).build())
             while not work.done():
-                waiter = asyncio.ensure_future(lines.get())
+                waiter = asyncio.ensure_future(output.ready.wait())
                 await asyncio.wait([work, waiter], return_when=asyncio.FIRST_COMPLETED)
-                if waiter.done():
-                    yield apb.BuildOutput(text=waiter.result())
-                else:
-                    waiter.cancel()
-            while not lines.empty():
-                yield apb.BuildOutput(text=lines.get_nowait())
-            rec = work.result()
-            yield apb.BuildOutput(image_id=rec.id)
+                waiter.cancel()
+                for text in output.take():
+                    yield apb.BuildOutput(text=text)
+            for text in output.take():
+                yield apb.BuildOutput(text=text)
+            yield apb.BuildOutput(image_id=work.result().id)
         except Exception as e:
-            while not lines.empty():
-                yield apb.BuildOutput(text=lines.get_nowait())
+            for text in output.take():
+                yield apb.BuildOutput(text=text)
             await _abort(context, e, "build")
         finally:
+            if work is not None and not work.done():
+                # The client went away: the build stops (its RUN step is killed) before its
+                # workspace goes, so nothing is unmounted under a running step.
+                work.cancel()
+                await asyncio.wait([work])
             await asyncio.to_thread(ws.close)
             memory.trim()
 
@@ -127,8 +165,9 @@ class ImageMaking:
             layer = None
             try:
                 freeze = bool(cgroup) and not request.no_pause
-                layer = await asyncio.to_thread(_commit_layer, ws, upper, image.chain_id, self.puller.limits,
-                                                Cgroup(cgroup) if freeze else None)
+                step = await asyncio.to_thread(_stage_changes, ws, upper, image.chain_id, self.puller.limits,
+                                               Cgroup(cgroup) if freeze else None)
+                layer = await ws.layer(step, image.chain_id, self.puller.limits.max_layer_size)
                 layers = await asyncio.to_thread(base_layers, self.store, image)
                 chain = image.chain_id
                 if layer is not None:
@@ -142,7 +181,7 @@ class ImageMaking:
                 made = await asyncio.to_thread(record_image, self.store, config, layers, chain, names)
             finally:
                 await asyncio.to_thread(ws.close)
-                _release(self.store, layer_keys(layer))
+                release(self.store, layer_keys(layer))
         except Exception as e:
             await _abort(context, e, "commit")
         return apb.CommitResponse(image_id=made.id)
@@ -193,7 +232,9 @@ class ImageMaking:
                 await asyncio.to_thread(unpack_layer, archive, None, tree, self.puller.limits)
             except LayerError as e:
                 raise InvalidArgument(f"the tar: {e}") from None
-            layer = await asyncio.to_thread(_tree_layer, ws, tree, self.puller.limits)
+            step = await asyncio.to_thread(_tree_step, ws, tree)
+            # An exported /proc or /dev is the image's own: no mount stub of a build step.
+            layer = await ws.layer(step, "", self.puller.limits.max_layer_size, stubs=False)
             layers = [layer.descriptor] if layer else []
             config["rootfs"]["diff_ids"] = [layer.diff_id] if layer else []
             config["history"] = [{"created": now_rfc3339(), "created_by": "cricket import",
@@ -204,7 +245,7 @@ class ImageMaking:
             await _abort(context, e, "import")
         finally:
             await asyncio.to_thread(ws.close)
-            _release(self.store, layer_keys(layer))
+            release(self.store, layer_keys(layer))
         return apb.ImportResponse(image_id=made.id)
 
 
@@ -212,45 +253,31 @@ def layer_keys(layer) -> list[str]:
     return [layer.descriptor["digest"], layer.chain_id] if layer is not None else []
 
 
-def _release(store: ImageStore, keys: list[str]) -> None:
-    for key in keys:
-        store.leases[key] -= 1
-        if store.leases[key] <= 0:
-            del store.leases[key]
-
-
-def _commit_layer(ws: Workspace, upper: str, chain_id: str, limits: ImageLimits, cgroup: Cgroup | None):
-    """The container's upper dir as a layer, read while its processes are frozen (when asked):
-    a file half-written when the walk passes would be committed half-written."""
+def _stage_changes(ws: Workspace, upper: str, chain_id: str, limits: ImageLimits, cgroup: Cgroup | None) -> str:
+    """A step directory whose upper dir holds the container's changes, read from its upper dir
+    while its processes are frozen (when asked): a file half-written when the walk passes would
+    be committed half-written. The container's own mount points (/etc/hosts ...) are no change
+    of its: they are left out of this copy, which is ours to edit."""
     step = ws.new_step()
-    staged = os.path.join(step, "upper")
-    tar_path = os.path.join(step, "layer.tar")
-    if cgroup is not None:
-        with cgroup.frozen():
-            _write(upper, tar_path, limits.max_layer_size, write_layer)
-    else:
+    tar_path = os.path.join(step, "changes.tar")
+    with cgroup.frozen() if cgroup is not None else contextlib.nullcontext():
         _write(upper, tar_path, limits.max_layer_size, write_layer)
-    # The container's own mount points (/etc/hosts ...) are no change of its: out, by way of a
-    # copy of the layer that can be edited, as a build step's upper dir is.
-    unpack_layer(tar_path, None, staged, limits)
+    unpack_layer(tar_path, None, os.path.join(step, "upper"), limits)
     os.unlink(tar_path)
-    drop_mount_stubs(staged, ws.lowers(chain_id), _CONTAINER_MOUNT_POINTS)
-    return ws.layer(step, chain_id, limits.max_layer_size)
+    drop_mount_stubs(os.path.join(step, "upper"), ws.lowers(chain_id), _CONTAINER_MOUNT_POINTS)
+    return step
 
 
-def _tree_layer(ws: Workspace, tree: str, limits: ImageLimits):
+def _tree_step(ws: Workspace, tree: str) -> str:
     step = ws.new_step()
     os.rmdir(os.path.join(step, "upper"))
     os.rename(tree, os.path.join(step, "upper"))
-    return ws.layer(step, "", limits.max_layer_size, stubs=False)  # an exported /proc is the image's
+    return step
 
 
-def _write(root: str, path: str, max_size: int, how) -> str:
+def _write(root: str, path: str, max_size: int, how) -> None:
     with open(path, "wb") as f:
-        out = HashingWriter(f)
-        how(root, out, max_size)
-        out.flush()
-    return out.digest
+        how(root, f, max_size)
 
 
 def _tree_to(rootfs: str, path: str, max_size: int) -> None:

@@ -4,10 +4,12 @@ A step's overlay stacks the snapshots of the layers so far under a fresh upper d
 step changes lands in the upper dir, which becomes the step's layer (image/layer_diff.py) and
 is unpacked into a snapshot like a pulled layer, so the next step stacks it. The directory is
 on the root dir's filesystem, beside the content store, so a layer's tar moves into the store
-by rename. What a crash leaves here is unmounted and deleted at the next start (sweep()).
+by rename. What a crash leaves — RUN containers, mounts, directories — is ended, unmounted and
+deleted at the next start (sweep()).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -15,12 +17,15 @@ import shutil
 import stat
 import tempfile
 
-from cri.build.run_step import MOUNT_POINTS
+from cri.build.run_step import MOUNT_POINTS, cgroup_parent
+from cri.container_lifecycle import kill_cgroup_tree
 from image.layer_diff import write_layer
 from image.limits import ImageLimits
-from image.new_image import HashingWriter, Layer, add_layer
+from image.new_image import HashingWriter, Layer, add_layer, next_chain_id
 from image.store import ImageStore
 from linux import libc, mounts
+from linux.cgroups import Cgroup
+from linux.openat2 import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
 
 # Overlay features the layer diff can not carry: a renamed lower directory (redirect_dir)
 # becomes a copy, a changed owner or mode copies the whole file up (metacopy off).
@@ -32,7 +37,12 @@ def build_root(root_dir: str) -> str:
 
 
 def sweep(root_dir: str) -> None:
-    """What builds a crash cut short left: their mounts, then their directories."""
+    """What builds a crash cut short left: their RUN steps' processes (a shim outlives the
+    daemon), their mounts, then their directories."""
+    parent = cgroup_parent(root_dir)
+    kill_cgroup_tree(parent)
+    with contextlib.suppress(OSError):
+        Cgroup(parent).remove(recursive=True)
     top = build_root(root_dir)
     if not os.path.isdir(top):
         return
@@ -88,10 +98,9 @@ class Workspace:
             self._mounted.remove(rootfs)
             libc.umount(rootfs, libc.MNT_DETACH)
 
-    def layer(self, step: str, parent_chain: str, max_size: int, stubs: bool = True) -> Layer | None:
-        """The step's upper dir as a layer on `parent_chain`, in the store; None when the step
-        changed nothing. Blocking: run in a thread, with the overlay unmounted. The caller
-        releases the leases on the layer's digest and chain ID."""
+    def diff(self, step: str, parent_chain: str, max_size: int, stubs: bool = True) -> tuple[str, str] | None:
+        """The step's upper dir written as a layer tar: its path and digest; None when the step
+        changed nothing. Blocking: run in a thread, with the overlay unmounted."""
         upper = os.path.join(step, "upper")
         if stubs:
             drop_mount_stubs(upper, self.lowers(parent_chain), MOUNT_POINTS)
@@ -102,14 +111,25 @@ class Workspace:
             out = HashingWriter(f)
             write_layer(upper, out, max_size)  # type: ignore[arg-type]  # it writes, as a file does
             out.flush()
-        self.store.leases[out.digest] += 1
+        return tar_path, out.digest
+
+    async def layer(self, step: str, parent_chain: str, max_size: int, stubs: bool = True) -> Layer | None:
+        """The step's changes as a layer in the store on `parent_chain`; None when there are
+        none. Its digest and chain ID are leased (before the store holds them, so no garbage
+        collection meanwhile takes them); the caller releases them with release()."""
+        made = await asyncio.to_thread(self.diff, step, parent_chain, max_size, stubs)
+        if made is None:
+            return None
+        tar_path, digest = made
+        keys = [digest, next_chain_id(parent_chain, digest)]
+        for key in keys:
+            self.store.leases[key] += 1
         try:
-            layer = add_layer(self.store, tar_path, out.digest, parent_chain, ImageLimits(max_layer_size=max_size))
+            return await asyncio.to_thread(add_layer, self.store, tar_path, digest, parent_chain,
+                                           ImageLimits(max_layer_size=max_size))
         except BaseException:
-            self.store.leases[out.digest] -= 1
+            release(self.store, keys)
             raise
-        self.store.leases[layer.chain_id] += 1
-        return layer
 
     def forget(self, path: str) -> None:
         """A step's directory once its layer is in the store (blocking: it may hold much)."""
@@ -124,23 +144,57 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def release(store: ImageStore, keys: list[str]) -> None:
+    """Let go of leases taken on the store's digests and chain IDs."""
+    for key in keys:
+        store.leases[key] -= 1
+        if store.leases[key] <= 0:
+            del store.leases[key]
+
+
 def drop_mount_stubs(upper: str, lowers: list[str], points) -> None:
     """The executor's empty mount points (/proc, /etc/hosts ...) that no layer below has: the
-    step made them, not the Dockerfile. A non-empty one the step wrote to stays."""
+    step made them, not the Dockerfile. A non-empty one the step wrote to stays. The upper dir
+    is the step's to shape (it may make /etc a symlink to anywhere), so each name is looked up
+    under its parent's descriptor, opened with no symlink on the way."""
     for rel in sorted(points, key=len, reverse=True):
-        if any(os.path.lexists(os.path.join(lower, rel)) for lower in lowers):
+        if any(_entry(lower, rel) is not None for lower in lowers):
             continue
-        path = os.path.join(upper, rel)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        found = _entry(upper, rel, keep_parent=True)
+        if found is None:
             continue
+        parent, name, st = found
         try:
             if stat.S_ISDIR(st.st_mode):
-                os.rmdir(path)
+                os.rmdir(name, dir_fd=parent)
             elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                os.unlink(path)
+                os.unlink(name, dir_fd=parent)
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
+        finally:
+            os.close(parent)
 
+
+def _entry(root: str, rel: str, keep_parent: bool = False):
+    """lstat of `rel` under `root`, its parent reached without following any symlink: the
+    stat, or with `keep_parent` (parent descriptor, name, stat); None when there is none."""
+    head, name = os.path.split(rel)
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            parent = openat2(root_fd, head or ".", os.O_PATH | os.O_DIRECTORY,
+                             resolve=RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)
+        finally:
+            os.close(root_fd)
+    except OSError:
+        return None  # a parent missing, or not a plain directory: nothing of ours is there
+    try:
+        st = os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        os.close(parent)
+        return None
+    if keep_parent:
+        return parent, name, st
+    os.close(parent)
+    return st
