@@ -216,7 +216,21 @@ async def remove_container(rt: Runtime, c: Container) -> None:
         rt.records.remove_container(c.id)
         del rt.containers[c.id]
     rt.events.emit(pb.CONTAINER_DELETED_EVENT, c.rec.sandbox_id, c.id)
-    rt.collect_image_garbage()  # its image's layers may be unused now
+    if _held_images_gone(rt, c.rec):
+        rt.collect_image_garbage()  # its image's layers may be unused now
+
+
+def _held_images_gone(rt: Runtime, rec: ContainerRecord) -> bool:
+    """Whether an image the container stacked on or mounted was removed while it held it: only
+    then can its removal leave layers that nothing references. While the images are there, their
+    records hold the layers, and a collection (a walk of the content store and every snapshot)
+    would find nothing; kubelet removes containers far more often than images."""
+    held = [(rec.image_id, rec.chain_id), *((m["image_id"], m["chain_id"]) for m in rec.image_mounts)]
+    for image_id, chain_id in held:
+        image = rt.images.metadata.image(image_id)
+        if image is None or image.chain_id != chain_id:
+            return True
+    return False
 
 
 async def discard_container(rt: Runtime, c: Container) -> None:
