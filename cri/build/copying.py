@@ -92,20 +92,26 @@ def _glob(root: str, parts: list[str], prefix: str = "") -> list[str]:
     return out
 
 
+def _held(root: str, rel: str) -> int | None:
+    """An O_PATH descriptor of `rel`, resolved inside the tree; None when there is no such entry."""
+    root_fd = os.open(root, _DIR)
+    try:
+        return open_in_root(root_fd, rel, os.O_PATH | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise CopyRefused(f"{rel!r}: {e.strerror}") from None
+    finally:
+        os.close(root_fd)
+
+
 def _open(root: str, rel: str) -> int | None:
     """A file or directory of the tree, resolved inside it, opened for reading — never anything
     else: the path is held with O_PATH and checked before it is opened (a FIFO's open waits, a
     device's open acts). None when there is no such entry or it is of another kind."""
-    root_fd = os.open(root, _DIR)
-    try:
-        try:
-            held = open_in_root(root_fd, rel, os.O_PATH | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as e:
-            raise CopyRefused(f"{rel!r}: {e.strerror}") from None
-    finally:
-        os.close(root_fd)
+    held = _held(root, rel)
+    if held is None:
+        return None
     try:
         return _reopen(held)
     finally:
@@ -131,16 +137,10 @@ def _open_at(dirfd: int, name: str) -> int | None:
 
 
 def _exists(root: str, rel: str) -> bool:
-    root_fd = os.open(root, _DIR)
-    try:
-        os.close(open_in_root(root_fd, rel, os.O_PATH | os.O_CLOEXEC))
-        return True
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as e:
-        raise CopyRefused(f"{rel!r}: {e.strerror}") from None
-    finally:
-        os.close(root_fd)
+    held = _held(root, rel)
+    if held is not None:
+        os.close(held)
+    return held is not None
 
 
 def digest(root: str, sources: list[str]) -> str:
