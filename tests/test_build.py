@@ -350,3 +350,20 @@ def test_chown_with_a_uid_alone_gives_that_gid(daemon, base, tmp_path):
         RUN stat -c '%u:%g' /a.txt
         """, {"a.txt": "a"})
     assert "1234:1234" in build(daemon, ctx, "--no-cache").stdout
+
+
+def test_onbuild_triggers_run_in_the_child_and_healthcheck_is_recorded(daemon, base, tmp_path):
+    parent = context(tmp_path, f"""\
+        FROM {base}
+        ONBUILD RUN echo triggered > /onbuild
+        HEALTHCHECK --interval=5s --retries=2 CMD test -e /onbuild
+        """)
+    build(daemon, parent, "-t", "localhost/parent:1")
+    config = inspect(daemon, "localhost/parent:1")["config"]["config"]
+    assert config["OnBuild"] == ["RUN echo triggered > /onbuild"]
+    assert config["Healthcheck"] == {"Test": ["CMD-SHELL", "test -e /onbuild"], "Interval": 5_000_000_000,
+                                     "Retries": 2}
+    (tmp_path / "context" / "Dockerfile").write_text("FROM localhost/parent:1\nRUN cat /onbuild\n")
+    out = build(daemon, parent, "-t", "localhost/child:1").stdout
+    assert "ONBUILD RUN echo triggered" in out and "  triggered" in out
+    assert "OnBuild" not in inspect(daemon, "localhost/child:1")["config"]["config"]  # not inherited twice
