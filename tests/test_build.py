@@ -307,11 +307,13 @@ def test_a_cancelled_build_ends_its_step(daemon, base, tmp_path):
     ctx = context(tmp_path, f"FROM {base}\nRUN echo running; sleep 60\n")
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--socket", daemon.socket, "build", "--no-cache", ctx],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = False
     try:
         for line in proc.stdout:
             if line == "  running\n":
-                break  # the step has started
-        proc.kill()  # the client goes away mid-step
+                started = True  # the step runs: the client goes away mid-step
+                break
+        proc.kill()
     finally:
         proc.wait(timeout=30)
     parent = cgroup_parent(daemon.root)
@@ -321,6 +323,7 @@ def test_a_cancelled_build_ends_its_step(daemon, base, tmp_path):
         if not left and os.listdir(os.path.join(daemon.root, "build")) == []:
             break
         time.sleep(0.05)
+    assert started
     assert left == [] and os.listdir(os.path.join(daemon.root, "build")) == []
 
 

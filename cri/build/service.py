@@ -181,7 +181,7 @@ class ImageMaking:
                 made = await asyncio.to_thread(record_image, self.store, config, layers, chain, names)
             finally:
                 await asyncio.to_thread(ws.close)
-                release(self.store, layer_keys(layer))
+                release(self.store, _layer_keys(layer))
         except Exception as e:
             await _abort(context, e, "commit")
         return apb.CommitResponse(image_id=made.id)
@@ -198,7 +198,7 @@ class ImageMaking:
         try:
             path = os.path.join(ws.root, "export.tar")
             try:
-                await asyncio.to_thread(_tree_to, rootfs, path, self.puller.limits.max_layer_size)
+                await asyncio.to_thread(_write, rootfs, path, self.puller.limits.max_layer_size, write_tree)
             except Exception as e:
                 await _abort(context, e, "export")
             with open(path, "rb") as f:
@@ -245,11 +245,11 @@ class ImageMaking:
             await _abort(context, e, "import")
         finally:
             await asyncio.to_thread(ws.close)
-            release(self.store, layer_keys(layer))
+            release(self.store, _layer_keys(layer))
         return apb.ImportResponse(image_id=made.id)
 
 
-def layer_keys(layer) -> list[str]:
+def _layer_keys(layer) -> list[str]:
     return [layer.descriptor["digest"], layer.chain_id] if layer is not None else []
 
 
@@ -279,6 +279,3 @@ def _write(root: str, path: str, max_size: int, how) -> None:
     with open(path, "wb") as f:
         how(root, f, max_size)
 
-
-def _tree_to(rootfs: str, path: str, max_size: int) -> None:
-    _write(rootfs, path, max_size, write_tree)
