@@ -10,13 +10,13 @@ own exception types never leak to callers.
 from __future__ import annotations
 
 import bz2
-import gzip
 import io
 import lzma
 import zlib
 from typing import BinaryIO, Protocol, cast
 
 import zstandard
+from isal import igzip, isal_zlib
 
 GZIP, ZSTD, NONE = "gzip", "zstd", "none"
 
@@ -42,6 +42,18 @@ _XZ_MAGIC = b"\xfd7zXZ\x00"
 # 16 KiB of input can never cost more than 512 MiB, and ordinary data stays
 # near 64 KiB of output per call.
 _ZSTD_FEED = 16 << 10
+
+# What a codec raises for bad data (ISA-L's inflate raises its own error class, no zlib.error;
+# its stubs type that class as an instance).
+_CODEC_ERRORS = (OSError, EOFError, zlib.error, cast(type[Exception], isal_zlib.error), lzma.LZMAError,
+                 zstandard.ZstdError)
+
+
+def _gunzip(raw: BinaryIO) -> _Source:
+    # ISA-L's inflate (python-isal) reads gzip about four times as fast as the standard
+    # library's GzipFile here (60 MB: 0.19 s against 0.81 s), and a layer's unpack is
+    # mostly inflating; it reads the same format and fails on the same damage.
+    return igzip.IGzipFile(fileobj=raw, mode="rb")
 
 
 class _Source(Protocol):
@@ -72,31 +84,36 @@ def sniff(head: bytes) -> str:
     return NONE
 
 
-def open_decompressed(path: str, media_type: str | None = None) -> BinaryIO:
+def open_decompressed(path: str, media_type: str | None = None, raw: BinaryIO | None = None) -> BinaryIO:
     """Open the layer blob at ``path`` as a streaming reader of its uncompressed tar.
 
     The media type is advisory: when the blob's magic bytes name a codec, that
     codec is used; when they name none, the blob is read as a plain tar whatever
     the type claims, since a truly corrupt blob then fails as a bad tar.
     Read errors of the returned stream are raised as :class:`LayerError`.
+    ``raw``, if given, is the blob already open (one still arriving may read short),
+    and ``path`` only names it.
     """
+    if raw is None:
+        try:
+            raw = open(path, "rb", buffering=0)
+        except OSError as e:
+            raise LayerError(f"cannot open layer blob {path}: {e.strerror}") from e
     try:
-        raw = open(path, "rb", buffering=0)
-    except OSError as e:
-        raise LayerError(f"cannot open layer blob {path}: {e.strerror}") from e
-    try:
-        head = raw.read(4)
+        head = b""
+        while len(head) < 4 and (more := raw.read(4 - len(head))):
+            head += more
         raw.seek(0)
     except OSError as e:
         raw.close()
         raise LayerError(f"cannot read layer blob {path}: {e.strerror}") from e
     kind = sniff(head)
     if kind == GZIP:
-        inner: _Source = gzip.GzipFile(fileobj=raw, mode="rb")
+        inner: _Source = _gunzip(raw)
     elif kind == ZSTD:
         inner = _ZstdReader(raw)
     else:
-        inner = raw
+        inner = cast(_Source, raw)  # a file, or a GrowingReader: both have readinto
     declared = compression_of(media_type) if media_type else None
     # A RawIOBase whose read() always returns bytes: the reader callers take it for.
     return cast(BinaryIO, _Guarded(inner, raw, path, kind, declared))
@@ -111,7 +128,7 @@ def decompressed_archive(raw: BinaryIO, name: str) -> BinaryIO:
     kind = sniff(head)
     inner: _Source
     if kind == GZIP:
-        inner = gzip.GzipFile(fileobj=raw, mode="rb")
+        inner = _gunzip(raw)
     elif kind == ZSTD:
         inner = _ZstdReader(raw)
     elif head.startswith(_BZIP2_MAGIC):
@@ -192,7 +209,7 @@ class _Guarded(io.RawIOBase):
             return self._inner.readinto(b)
         except LayerError:
             raise
-        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+        except _CODEC_ERRORS as e:
             raise LayerError(f"{self._what} ({self.compression}) is corrupt: {e}") from e
 
     def read(self, size: int = -1) -> bytes:
@@ -200,7 +217,7 @@ class _Guarded(io.RawIOBase):
             return self._inner.read(size)
         except LayerError:
             raise
-        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+        except _CODEC_ERRORS as e:
             raise LayerError(f"{self._what} ({self.compression}) is corrupt: {e}") from e
 
     def close(self) -> None:
