@@ -280,7 +280,8 @@ class ArchiveSource:
         return self._read_small(self._blob_path(digest), f"manifest {digest}")
 
     async def fetch_blob(self, resolved: Resolved, digest: str, size: int, dest: str, creds=None,
-                         progress=None) -> None:
+                         progress=None, follower=None) -> None:
+        # Not followed: the puller unpacks the layer once it is copied (a local copy is quick).
         src = self.blobs.get(digest) or self._blob_path(digest)
         # A layer is gigabytes: copied in a thread, and waited for if the pull is cancelled, so
         # that the pull's clean-up does not race it.

@@ -7,6 +7,8 @@ import concurrent.futures
 import hashlib
 import os
 
+from image.growing_blob import GrowingBlob
+
 _CHUNK = 1 << 20  # bytes gathered before a worker writes and hashes them
 
 
@@ -17,22 +19,28 @@ class IngestFile:
     and hashes while the event loop receives the next ones (hashlib and file
     writes let go of the GIL), one buffer in flight at a time so the file is
     written in order. `offset` counts the bytes received, written or not yet.
+    A `follower`, if given, hears how far the file is written, so that an unpack
+    can read the blob as it arrives.
     """
 
-    def __init__(self, path: str, f, hasher, offset: int):
+    def __init__(self, path: str, f, hasher, offset: int, follower: GrowingBlob | None = None):
         self.path = path
         self._f = f
         self._hasher = hasher
         self.offset = offset
+        self._written = offset  # bytes in the file (the worker's count)
+        self._follower = follower
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._inflight: concurrent.futures.Future | None = None
 
     @classmethod
-    async def open(cls, path: str, size: int) -> IngestFile:
+    async def open(cls, path: str, size: int, follower: GrowingBlob | None = None) -> IngestFile:
         hasher, offset = await asyncio.to_thread(_hash_file, path, size)
         f = open(path, "ab")
-        sink = cls(path, f, hasher, offset)
+        sink = cls(path, f, hasher, offset, follower)
+        if follower is not None:
+            follower.opened(path, offset)
         if offset > size:
             sink.restart()
         return sink
@@ -63,6 +71,10 @@ class IngestFile:
     def _write_and_hash(self, buf: bytes) -> None:
         self._f.write(buf)
         self._hasher.update(buf)
+        self._written += len(buf)
+        if self._follower is not None:
+            self._f.flush()  # what a follower is told is written must be in the file
+            self._follower.wrote(self._written)
 
     def _settle(self) -> None:
         # Synchronous on purpose: it runs in cleanup after a cancellation too,
@@ -76,10 +88,12 @@ class IngestFile:
 
     def restart(self) -> None:
         self._settle()
+        if self._follower is not None:
+            self._follower.restarted()  # before the truncation, so no reader takes new bytes for old
         self._pending, self._pending_size = [], 0
         self._f.truncate(0)
         self._hasher = hashlib.sha256()
-        self.offset = 0
+        self.offset = self._written = 0
 
     def digest(self) -> str:
         assert self._inflight is None and not self._pending, "flush() first"

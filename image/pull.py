@@ -2,12 +2,15 @@
 
 Work is shared by digest and by chain ID: two pulls that need the same blob or
 the same snapshot at the same time wait on one download or one unpack. Layers
-are unpacked in parallel, each into its own snapshot directory, as soon as their
-blob has landed; nothing is recorded as an image until every part is in place.
+are unpacked in parallel, each into its own snapshot directory, and a layer whose
+blob is not here yet is unpacked while it downloads, reading the file behind the
+writer (image/growing_blob.py); nothing is recorded as an image until every part
+is in place.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import logging
 import os
@@ -18,6 +21,7 @@ from typing import Protocol, cast
 from opentelemetry import trace
 
 from image.content import ContentError
+from image.growing_blob import Abandoned, GrowingBlob
 from image.limits import CONFIG_LIMIT, ImageLimits, LimitExceeded
 from image.manifest import (
     Index,
@@ -33,7 +37,7 @@ from image.registry import Credentials, Resolved
 from image.snapshots import chain_ids
 from image.space import OutOfSpace, room_for
 from image.store import ImageStore
-from image.unpack import LayerError, unpack_layer
+from image.unpack import LayerError, UnpackResult, unpack_layer
 from linux import libc
 from linux.crash_points import armed, crash_point
 
@@ -66,7 +70,8 @@ class ImageSource(Protocol):
 
     async def fetch_blob(self, resolved: Resolved, digest: str, size: int, dest: str,
                          creds: Credentials | None = None,
-                         progress: Callable[[int], None] | None = None) -> None: ...
+                         progress: Callable[[int], None] | None = None,
+                         follower: GrowingBlob | None = None) -> None: ...
 
 
 class Puller:
@@ -80,6 +85,9 @@ class Puller:
         # Digests and chain IDs that running pulls hold but no image records yet (the store's,
         # shared with every Puller over it); garbage collection must leave them alone.
         self._leases = store.leases
+        # The unpacks waiting to read a download as it arrives, by digest; the download's
+        # work takes the follower up when it starts.
+        self._followers: dict[str, GrowingBlob] = {}
         self.blob_bytes = 0  # bytes of blobs downloaded and committed, for the metrics
 
     @property
@@ -208,7 +216,8 @@ class Puller:
         return cast(ImageRecord, self._store.metadata.image(record.id))  # just put
 
     async def _once(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
-        """Run work() for `key` unless it is already running, and wait for that run.
+        """Run work() for `key` unless it is already running, and wait for that run. (A key
+        names its kind of work: an uncompressed layer's digest is its first chain ID too.)
 
         The work is shared by every pull waiting on it and is cancelled only when
         the last of them stops waiting.
@@ -248,46 +257,69 @@ class Puller:
 
         async def download() -> None:
             async with self._downloads:
+                follower = self._followers.pop(digest, None)
                 with _tracer.start_as_current_span("image.blob", attributes={"image.digest": digest,
                                                                               "image.size": size}):
                     path = self._store.content.ingest_path(digest)
                     try:
                         with room_for(f"writing blob {digest}", path):
-                            await self._client.fetch_blob(resolved, digest, size, path, creds, progress)
-                            self._store.content.commit(digest)
+                            await self._client.fetch_blob(resolved, digest, size, path, creds, progress,
+                                                          follower)
+                            stored = self._store.content.commit(digest)
+                        if follower is not None:
+                            follower.complete(stored)
                     except OutOfSpace:
                         # What did fit is of no use now, and holds the room another write needs.
                         self._store.content.discard_ingest(digest)
                         raise
+                    finally:
+                        if follower is not None:
+                            follower.close()
                 self.blob_bytes += size
 
-        await self._once(digest, download)
+        await self._once("blob " + digest, download)
         if watch is not None:
             watch.update(digest, size, size, "done")
 
     async def _layer(self, resolved: Resolved, layer, diff_id: str, chain_id: str, parent: str, creds) -> None:
+        snapshots = self._store.snapshots
+        if snapshots.get(chain_id) is None and not self._store.content.has(layer.digest):
+            # Neither is here: the unpack reads the blob as it arrives, and waits for its download.
+            fetch = (resolved, creds)
+            await self._once("snapshot " + chain_id,
+                             lambda: self._traced_unpack(layer, diff_id, chain_id, parent, fetch))
         await self._blob(resolved, layer.digest, layer.size, creds)
-        if self._store.snapshots.get(chain_id) is not None:
+        if snapshots.get(chain_id) is not None:
             return
-        await self._once(chain_id, lambda: self._traced_unpack(layer, diff_id, chain_id, parent))
+        await self._once("snapshot " + chain_id,
+                         lambda: self._traced_unpack(layer, diff_id, chain_id, parent, None))
 
-    async def _traced_unpack(self, layer, diff_id: str, chain_id: str, parent: str) -> None:
+    async def _traced_unpack(self, layer, diff_id: str, chain_id: str, parent: str, fetch) -> None:
         with _tracer.start_as_current_span("image.unpack", attributes={"image.digest": layer.digest,
                                                                         "image.chain_id": chain_id}):
-            await self._unpack(layer, diff_id, chain_id, parent)
+            await self._unpack(layer, diff_id, chain_id, parent, fetch)
 
-    async def _unpack(self, layer, diff_id: str, chain_id: str, parent: str) -> None:
+    async def _unpack(self, layer, diff_id: str, chain_id: str, parent: str, fetch) -> None:
+        """Unpack `layer` into a new snapshot. With `fetch` (the resolved image and credentials),
+        download its blob too, unpacking behind the download."""
         snapshots = self._store.snapshots
         new_dir = snapshots.new_dir()
         try:
             path = self._store.content.path(layer.digest)
-            unpacking = _in_thread(unpack_layer, path, layer.media_type, new_dir, self.limits)
-            if armed("image_pull.mid_unpack"):
-                unpacking = _crash_mid_unpack(unpacking, new_dir)
-            try:
-                result = await unpacking
-            except OutOfSpace as e:  # it names the entry and the directory
-                raise e.within(f"layer {layer.digest}: ") from e
+            result = None
+            if fetch is not None:
+                result = await self._unpack_following(layer, new_dir, *fetch)
+                if result is None:  # start again from the stored blob, in a clean directory
+                    snapshots.discard(new_dir)
+                    new_dir = snapshots.new_dir()
+            if result is None:
+                unpacking = _in_thread(unpack_layer, path, layer.media_type, new_dir, self.limits)
+                if armed("image_pull.mid_unpack"):
+                    unpacking = _crash_mid_unpack(unpacking, new_dir)
+                try:
+                    result = await unpacking
+                except OutOfSpace as e:  # it names the entry and the directory
+                    raise e.within(f"layer {layer.digest}: ") from e
             if result.diff_id != diff_id:
                 raise LayerError(
                     f"layer {layer.digest}: uncompressed content hashes to {result.diff_id}, "
@@ -301,6 +333,50 @@ class Puller:
         except BaseException:
             snapshots.discard(new_dir)
             raise
+
+
+    async def _unpack_following(self, layer, new_dir: str, resolved: Resolved, creds) -> UnpackResult | None:
+        """Download the layer's blob and unpack it into `new_dir` as it arrives. The result, or
+        None when the unpack must be done again from the stored blob: the download was not
+        followed (another pull had begun it), started over, or the unpack failed, whose error
+        the stored blob then tells for certain. The download's own error is raised."""
+        follower = self._followers.setdefault(layer.digest, GrowingBlob())
+        reader = follower.reader()
+        unpacking = asyncio.ensure_future(_in_thread(
+            unpack_layer, self._store.content.path(layer.digest), layer.media_type, new_dir, self.limits, reader,
+            executor=_FOLLOWING))
+        if armed("image_pull.mid_unpack"):
+            unpacking = asyncio.ensure_future(_crash_mid_unpack(unpacking, new_dir))
+
+        async def stop_unpacking() -> None:
+            reader.stop()
+            await asyncio.wait([unpacking])
+            if not unpacking.cancelled():
+                unpacking.exception()  # seen: its error is not the one to report
+
+        try:
+            try:
+                await self._blob(resolved, layer.digest, layer.size, creds)
+            except BaseException:  # the download's error is the pull's
+                await stop_unpacking()
+                raise
+            finally:
+                if self._followers.get(layer.digest) is follower:  # no download took it up
+                    del self._followers[layer.digest]
+                    follower.close()
+            try:
+                return await unpacking
+            except Abandoned:
+                return None
+            except Exception as e:
+                log.info("layer %s: unpacking it as it downloaded failed (%s); unpacking the stored blob",
+                         layer.digest, e)
+                return None
+            except BaseException:
+                await stop_unpacking()
+                raise
+        finally:
+            reader.close()
 
 
 async def _crash_mid_unpack(unpacking, new_dir: str):
@@ -320,10 +396,15 @@ class _Shared:
         self.waiters = 0
 
 
-async def _in_thread(fn, *args):
+# Unpacks that follow a download wait for its bytes: in their own threads, so that waiting
+# never holds a thread the download itself (or anything else) needs from the default pool.
+_FOLLOWING = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="unpack-following")
+
+
+async def _in_thread(fn, *args, executor: concurrent.futures.Executor | None = None):
     """Run fn in a worker thread. If we are cancelled, wait for the thread to finish
     before passing the cancellation on: the caller's clean-up must not race it."""
-    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    fut = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:

@@ -34,6 +34,7 @@ from image.auth import (
     parse_token_response,
     repository_scope,
 )
+from image.growing_blob import GrowingBlob
 from image.ingest import IngestFile
 from image.limits import MANIFEST_LIMIT, LimitExceeded
 from image.manifest import ACCEPTED_MANIFEST_TYPES, ManifestError, detect_media_type
@@ -368,17 +369,19 @@ class RegistryClient:
         dest: str,
         creds: Credentials | None = None,
         progress: Callable[[int], None] | None = None,
+        follower: GrowingBlob | None = None,
     ) -> None:
         """Stream blob `digest` of `size` bytes into the file `dest`, verified.
 
         Bytes already in `dest` (an interrupted earlier attempt) are kept and the
         download resumes after them. Broken transfers, timeouts, 429 and 5xx are
         retried, resuming each time. If the result does not match, `dest` is
-        deleted and DigestMismatchError raised.
+        deleted and DigestMismatchError raised. `follower` hears how far `dest`
+        is written as it grows.
         """
         job = _Job(resolved.reference, creds)
         self._check_digest(job, digest)
-        sink = await IngestFile.open(dest, size)
+        sink = await IngestFile.open(dest, size, follower)
         try:
             if sink.offset == size:
                 if sink.digest() == digest:

@@ -74,7 +74,8 @@ class UnpackResult:
     inodes: int  # inodes created (hard links create none)
 
 
-def unpack_layer(path: str, media_type: str | None, dest: str, limits: ImageLimits | None = None) -> UnpackResult:
+def unpack_layer(path: str, media_type: str | None, dest: str, limits: ImageLimits | None = None,
+                 source: BinaryIO | None = None) -> UnpackResult:
     """Unpack the layer blob at ``path`` into the existing empty directory ``dest``.
 
     The result can be used as an overlayfs lowerdir above the directories of the
@@ -85,10 +86,11 @@ def unpack_layer(path: str, media_type: str | None, dest: str, limits: ImageLimi
     when the destination is full, and OSError (with a note naming the entry) when the
     destination filesystem fails otherwise. On any error ``dest`` holds partial
     output for the caller to delete. Nothing is fsynced: the caller syncs the
-    whole snapshot once (linux.libc.syncfs).
+    whole snapshot once (linux.libc.syncfs). ``source``, if given, is the blob
+    open already (a download still arriving); ``path`` then only names it.
     """
     limits = limits or ImageLimits()
-    with open_decompressed(path, media_type) as blob:
+    with open_decompressed(path, media_type, source) as blob:
         stream = _TarStream(blob)
         writer = _Writer(dest, limits.max_layer_size)
         entry = None

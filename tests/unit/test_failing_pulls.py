@@ -65,7 +65,7 @@ class Source:
     async def fetch_manifest(self, resolved, digest, creds=None) -> bytes:
         raise AssertionError("no indexes here")
 
-    async def fetch_blob(self, resolved, digest, size, dest, creds=None, progress=None) -> None:
+    async def fetch_blob(self, resolved, digest, size, dest, creds=None, progress=None, follower=None) -> None:
         hook = self.hooks.get(digest)
         if hook is not None:
             await hook(dest)
