@@ -74,9 +74,12 @@ class Peer:
         return self
 
     def stop(self) -> None:
+        """Stop the daemon; again is harmless (a failed start stops it, then the bench's clean-up
+        does, and a second removal over the closed channel would hide the start's error)."""
         _live.discard(self)
         if getattr(self, "runtime", None) is not None:
             self.remove_pods()
+            del self.runtime
         self._stop()
 
     def remove_pods(self) -> None:
