@@ -340,6 +340,19 @@ def _rmdir(d: str, tries: int) -> None:
             time.sleep(0.01)
 
 
+def _removed_alone(d: str) -> bool:
+    """Try the usual case first: a cgroup with no sub-cgroups and nobody in it goes with one
+    rmdir, where walking it lists every controller file of the directory. False if it is
+    still there (children, processes, an error), for the caller's walk, retries and words."""
+    try:
+        os.rmdir(d)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def _check_device_rules(path: str, devices: list[dict]) -> None:
     try:
         devices_bpf.parse_rules(devices)
@@ -467,6 +480,10 @@ class Cgroup:
         freezer = self._file("freezer", "freezer.state") if mode() == "v1" else None
         frozen = False
         if freezer and os.path.exists(freezer):
+            # An empty cgroup has no process that could fork while the list is read, so it needs
+            # no freeze (three writes and a wait). It is the list a freeze would be followed by.
+            if not self._procs(os.path.join(os.path.dirname(freezer), "cgroup.procs")):
+                return
             try:
                 _write(freezer, "FROZEN")
                 frozen = True
@@ -522,12 +539,12 @@ class Cgroup:
         while other pods' cgroups are under it instead of taking their empty ones away."""
         tries = _REMOVE_TRIES if wait else 1
         for top in self.dirs():
-            if recursive:
+            if not recursive:
+                _rmdir(top, tries)
+            elif not _removed_alone(top):
                 # bottom-up, so children go before their parent; a missing top walks to nothing
                 for d, _, _ in os.walk(top, topdown=False):
                     _rmdir(d, tries)
-            else:
-                _rmdir(top, tries)
 
     # -- stats ---------------------------------------------------------------------
 

@@ -198,6 +198,18 @@ def test_kill_all_with_a_catchable_signal(parent):
     assert p.wait(5) == 7  # delivered after the thaw, and handled
 
 
+def test_kill_all_of_an_empty_cgroup_freezes_nothing(parent, monkeypatch):
+    root, _ = parent
+    cg = Cgroup(root.path + "/empty")
+    cg.create()
+    writes: list[str] = []
+    real = cgroups._write
+    monkeypatch.setattr(cgroups, "_write", lambda path, value: (writes.append(path), real(path, value))[1])
+    cg.kill_all(signal.SIGKILL)
+    assert not [w for w in writes if "freezer" in w]
+    cg.remove()
+
+
 def test_recursive_remove_takes_sub_cgroups_deepest_first(parent):
     root, _ = parent
     top = Cgroup(root.path + "/ctr")
