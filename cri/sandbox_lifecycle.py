@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 
 from api.runtime.v1 import api_pb2 as pb
@@ -152,7 +151,9 @@ def remove_sandbox_files(rt: Runtime, rec: SandboxRecord) -> None:
     """Everything of a pod's but its record and its containers: idempotent. RuntimeFailure if a
     cgroup will not go, so that the record stays for a retry rather than the cgroup leaking."""
     release_sandbox(rt, rec)
-    shutil.rmtree(rt.layout.sandbox_dir(rec.id), ignore_errors=True)
+    # Renamed away in one syscall and deleted after the call has answered, as a container's are.
+    rt.trash.put(rt.layout.sandbox_dir(rec.id))
+    rt.trash.empty_soon()
     if not rec.cgroup_parent:
         return
     failures = []
