@@ -182,8 +182,9 @@ def _release_files(layout: Layout, trash: Trash, container_id: str) -> None:
     if os.path.ismount(rootfs):
         libc.umount(rootfs, libc.MNT_DETACH)
     image_mounts.release(layout, container_id)  # before the bundle they are mounted in goes
-    for path in (layout.bundle(container_id), layout.container_dir(container_id)):
-        mounts.unmount_beneath(path)  # what a create cut short by cricketd's death left mounted
+    dirs = (layout.bundle(container_id), layout.container_dir(container_id))
+    mounts.unmount_beneath(*dirs)  # what a create cut short by cricketd's death left mounted
+    for path in dirs:
         trash.put(path)
 
 

@@ -555,14 +555,20 @@ def mount_of(path: str) -> tuple[str, list[str]]:
     return best, optional
 
 
-def unmount_beneath(path: str) -> None:
-    """Detach every mount on or beneath `path`, deepest first: what a half-made container left
-    (its rootfs, image mounts, idmapped staging binds), before its directories are removed, so
-    that removing them can never reach into a mounted filesystem."""
-    prefix = os.path.normpath(path).rstrip("/") + "/"
+def unmount_beneath(*paths: str) -> None:
+    """Detach every mount on or beneath each of `paths`, deepest first: what a half-made
+    container left (its rootfs, image mounts, idmapped staging binds), before its directories
+    are removed, so that removing them can never reach into a mounted filesystem. The mount
+    table is read once for all of them: it grows with every container running."""
+    prefixes = tuple(os.path.normpath(path).rstrip("/") + "/" for path in paths)
+    points = set()
     with open("/proc/self/mountinfo") as f:
-        points = {p for line in f if (p := line.split()[4].encode().decode("unicode_escape")) + "/" == prefix
-                  or p.startswith(prefix)}
+        for line in f:
+            point = line.split()[4]
+            if "\\" in point:  # an escaped space, tab, newline or backslash (octal)
+                point = point.encode().decode("unicode_escape")
+            if point + "/" in prefixes or point.startswith(prefixes):
+                points.add(point)
     for point in sorted(points, key=len, reverse=True):
         try:
             libc.umount(point, libc.MNT_DETACH)

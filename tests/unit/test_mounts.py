@@ -153,6 +153,30 @@ def test_unmount_beneath_takes_every_mount_under_a_path_and_nothing_beside_it(tm
                 libc.umount(point, libc.MNT_DETACH)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_unmount_beneath_takes_several_paths_at_once_and_reads_escaped_names(tmp_path):
+    from linux.mounts import unmount_beneath
+
+    # A bundle and a container dir go together; the table escapes a space as \040.
+    first, spaced, sibling = tmp_path / "bundle", tmp_path / "dir with space", tmp_path / "bundle2"
+    for d in (first, spaced, sibling):
+        d.mkdir()
+    made = []
+    try:
+        for point in (first, spaced, sibling):
+            libc.mount("tmpfs", str(point), "tmpfs", 0, "size=1m")
+            made.append(str(point))
+        unmount_beneath(str(first), str(spaced))
+        points = _mount_points()
+        assert str(first) not in points and str(spaced).replace(" ", "\\040") not in points
+        assert str(sibling) in points
+        assert not os.path.ismount(spaced)
+    finally:
+        for point in reversed(made):
+            if os.path.ismount(point):
+                libc.umount(point, libc.MNT_DETACH)
+
+
 # -- overlays: the volatile option on kernels without it -----------------------------------------
 
 def test_an_overlay_goes_without_volatile_where_the_kernel_refuses_it(monkeypatch):
