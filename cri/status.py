@@ -96,12 +96,15 @@ def listed_container(rt: Runtime, c: Container, images: ImageLookup) -> tuple[pb
     return c.listed[1], c.listed[2]
 
 
-def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerStatusResponse:
+def container_status(rt: Runtime, c: Container, verbose: bool,
+                     images: ImageLookup | None = None) -> pb.ContainerStatusResponse:
+    """`images`, if given, is shared by the statuses of one answer (a pod's containers mostly
+    run one or two images: each is read from the store once)."""
     rt.state_of(c)
     rec = c.rec
     config = c.config
     image_mounts.report(rec.image_mounts, config.mounts)  # the same answer each time: the config may keep it
-    images = ImageLookup(rt)
+    images = images or ImageLookup(rt)
     status = pb.ContainerStatus(
         id=rec.id, metadata=config.metadata, state=container_state(c), created_at=rec.created_at,
         started_at=rec.started_at, finished_at=rec.finished_at, exit_code=rec.exit_code,
@@ -203,7 +206,8 @@ def sandbox_status(rt: Runtime, s: Sandbox, verbose: bool) -> pb.PodSandboxStatu
             "runtimeHandler": rec.runtime_handler,
             "config": json_format.MessageToDict(config),
         })
-    containers = [container_status(rt, c, False).status for c in rt.containers_of(rec.id)]
+    images = ImageLookup(rt)
+    containers = [container_status(rt, c, False, images).status for c in rt.containers_of(rec.id)]
     return pb.PodSandboxStatusResponse(status=status, info=info, containers_statuses=containers,
                                        timestamp=time.time_ns())
 
@@ -230,6 +234,7 @@ def describe_event(rt: Runtime, kind: pb.ContainerEventType, sandbox_id: str,
         s = rt.sandbox(sandbox_id)
     except NotFound:
         return event
-    event.pod_sandbox_status.CopyFrom(sandbox_status(rt, s, False).status)
-    event.containers_statuses.extend(container_status(rt, c, False).status for c in rt.containers_of(s.id))
+    status = sandbox_status(rt, s, False)
+    event.pod_sandbox_status.CopyFrom(status.status)
+    event.containers_statuses.extend(status.containers_statuses)
     return event
