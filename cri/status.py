@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -96,28 +97,9 @@ def listed_container(rt: Runtime, c: Container, images: ImageLookup) -> tuple[pb
     return c.listed[1], c.listed[2]
 
 
-def container_status(rt: Runtime, c: Container, verbose: bool,
-                     images: ImageLookup | None = None) -> pb.ContainerStatusResponse:
-    """`images`, if given, is shared by the statuses of one answer (a pod's containers mostly
-    run one or two images: each is read from the store once)."""
-    rt.state_of(c)
+def container_status(rt: Runtime, c: Container, verbose: bool) -> pb.ContainerStatusResponse:
+    status = _container_status(rt, c, ImageLookup(rt))
     rec = c.rec
-    config = c.config
-    image_mounts.report(rec.image_mounts, config.mounts)  # the same answer each time: the config may keep it
-    images = images or ImageLookup(rt)
-    status = pb.ContainerStatus(
-        id=rec.id, metadata=config.metadata, state=container_state(c), created_at=rec.created_at,
-        started_at=rec.started_at, finished_at=rec.finished_at, exit_code=rec.exit_code,
-        image=image_spec(rt, c, config, images), image_ref=image_ref(rt, c, images), image_id=rec.image_id,
-        reason=rec.reason, message=rec.message, labels=config.labels, annotations=config.annotations,
-        mounts=config.mounts, log_path=rec.log_path,
-    )
-    status.resources.linux.CopyFrom(_current_resources(rec.spec, config.linux.resources))
-    user = (rec.spec.get("process") or {}).get("user")
-    if user:
-        status.user.linux.uid = user.get("uid", 0)
-        status.user.linux.gid = user.get("gid", 0)
-        status.user.linux.supplemental_groups.extend(user.get("additionalGids") or ())
     info = {}
     if verbose:
         info["info"] = json.dumps({
@@ -126,26 +108,50 @@ def container_status(rt: Runtime, c: Container, verbose: bool,
             "shimPid": rec.shim_pid,
             "runtimeType": "cricket",
             "snapshotKey": rec.chain_id,
-            "config": json_format.MessageToDict(config),
+            "config": json_format.MessageToDict(c.config),
             "runtimeSpec": rec.spec,
         })
     return pb.ContainerStatusResponse(status=status, info=info)
 
 
-def _current_resources(spec: dict, asked: pb.LinuxContainerResources) -> pb.LinuxContainerResources:
-    """The resources in force: as created, with any update since (kept in the spec)."""
+def _container_status(rt: Runtime, c: Container, images: ImageLookup,
+                      into: Any = None) -> pb.ContainerStatus:
+    """The container's status; made in place as a new element of `into` (a repeated field of
+    ContainerStatus) if given: a pod's status holds one per container, and each copy of a
+    status (its labels, annotations, mounts) was most of that answer's cost."""
+    rt.state_of(c)
+    rec = c.rec
+    config = c.config
+    image_mounts.report(rec.image_mounts, config.mounts)  # the same answer each time: the config may keep it
+    fields = {
+        "id": rec.id, "metadata": config.metadata, "state": container_state(c), "created_at": rec.created_at,
+        "started_at": rec.started_at, "finished_at": rec.finished_at, "exit_code": rec.exit_code,
+        "image": image_spec(rt, c, config, images), "image_ref": image_ref(rt, c, images),
+        "image_id": rec.image_id, "reason": rec.reason, "message": rec.message, "labels": config.labels,
+        "annotations": config.annotations, "mounts": config.mounts, "log_path": rec.log_path,
+    }
+    status = into.add(**fields) if into is not None else pb.ContainerStatus(**fields)
+    _current_resources(status.resources.linux, rec.spec, config.linux.resources)
+    user = (rec.spec.get("process") or {}).get("user")
+    if user:
+        status.user.linux.uid = user.get("uid", 0)
+        status.user.linux.gid = user.get("gid", 0)
+        status.user.linux.supplemental_groups.extend(user.get("additionalGids") or ())
+    return status
+
+
+def _current_resources(out: pb.LinuxContainerResources, spec: dict, asked: pb.LinuxContainerResources) -> None:
+    """Fill `out` with the resources in force: as created, with any update since (kept in the spec)."""
     r = (spec.get("linux") or {}).get("resources") or {}
     cpu, memory = r.get("cpu") or {}, r.get("memory") or {}
-    out = pb.LinuxContainerResources(
-        cpu_period=cpu.get("period", 0), cpu_quota=cpu.get("quota", 0), cpu_shares=cpu.get("shares", 0),
-        cpuset_cpus=cpu.get("cpus", ""), cpuset_mems=cpu.get("mems", ""),
-        memory_limit_in_bytes=memory.get("limit", 0), memory_swap_limit_in_bytes=memory.get("swap", 0),
-        oom_score_adj=(spec.get("process") or {}).get("oomScoreAdj", asked.oom_score_adj),
-        unified=r.get("unified") or {},
-    )
+    out.cpu_period, out.cpu_quota, out.cpu_shares = cpu.get("period", 0), cpu.get("quota", 0), cpu.get("shares", 0)
+    out.cpuset_cpus, out.cpuset_mems = cpu.get("cpus", ""), cpu.get("mems", "")
+    out.memory_limit_in_bytes, out.memory_swap_limit_in_bytes = memory.get("limit", 0), memory.get("swap", 0)
+    out.oom_score_adj = (spec.get("process") or {}).get("oomScoreAdj", asked.oom_score_adj)
+    if r.get("unified"):
+        out.unified.update(r["unified"])
     out.hugepage_limits.extend(pb.HugepageLimit(page_size=h["pageSize"], limit=h["limit"])
                                for h in r.get("hugepageLimits") or ())
-    return out
 
 
 def container_matches(c: Container, f: pb.ContainerFilter) -> bool:
@@ -206,10 +212,11 @@ def sandbox_status(rt: Runtime, s: Sandbox, verbose: bool) -> pb.PodSandboxStatu
             "runtimeHandler": rec.runtime_handler,
             "config": json_format.MessageToDict(config),
         })
+    response = pb.PodSandboxStatusResponse(status=status, info=info, timestamp=time.time_ns())
     images = ImageLookup(rt)
-    containers = [container_status(rt, c, False, images).status for c in rt.containers_of(rec.id)]
-    return pb.PodSandboxStatusResponse(status=status, info=info, containers_statuses=containers,
-                                       timestamp=time.time_ns())
+    for c in rt.containers_of(rec.id):
+        _container_status(rt, c, images, response.containers_statuses)
+    return response
 
 
 def sandbox_matches(s: Sandbox, f: pb.PodSandboxFilter) -> bool:
