@@ -334,7 +334,6 @@ class Puller:
             snapshots.discard(new_dir)
             raise
 
-
     async def _unpack_following(self, layer, new_dir: str, resolved: Resolved, creds) -> UnpackResult | None:
         """Download the layer's blob and unpack it into `new_dir` as it arrives. The result, or
         None when the unpack must be done again from the stored blob: the download was not
