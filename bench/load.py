@@ -355,6 +355,20 @@ def soak_round(rt, image: str, log_dir: str, observe=None) -> None:
     rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=RPC_TIMEOUT)
 
 
+def quiet_descriptors(pid: int, still: float = 0.5, timeout: float = 10) -> int:
+    """The daemon's descriptor count once it has held still for `still` seconds: a removal
+    answers before its background work (the trash being emptied, a connection closing) is
+    done, and a baseline counted in the middle of that counts a descriptor about to go."""
+    deadline = time.monotonic() + timeout
+    n, since = descriptors(pid), time.monotonic()
+    while time.monotonic() - since < still and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = descriptors(pid)
+        if now != n:
+            n, since = now, time.monotonic()
+    return n
+
+
 def settled_descriptors(pid: int, target: int, timeout: float = 10) -> int:
     """The daemon's descriptor count, once it is back at `target` or `timeout` has passed:
     closing a connection or reaping a helper finishes a moment after the call that caused it."""
@@ -378,8 +392,7 @@ class Soak:
         each round while its container runs (to note the processes the daemon reports)."""
         for _ in range(self.warmup):
             soak_round(rt, image, log_dir)
-        time.sleep(0.5)
-        fds0, rss0 = descriptors(pid), rss_bytes(pid)
+        fds0, rss0 = quiet_descriptors(pid), rss_bytes(pid)
         times = []
         start = time.perf_counter()
         for i in range(self.rounds):
